@@ -1,0 +1,132 @@
+"""The Backend protocol every model runtime implements, and the plain data it exchanges.
+
+No heavy imports here: the UI process imports this module, never a runtime.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Generator, Iterator, Optional, Protocol, runtime_checkable
+
+from core.generation import GenerationStats
+from core.options import LoadOptions, SamplingOptions
+
+
+class BackendError(Exception):
+    """Something the user should read: the message says what went wrong and what to do."""
+
+    kind = "error"
+
+
+class ModelLoadError(BackendError):
+    kind = "load"
+
+
+class TemplateError(BackendError):
+    kind = "template"
+
+
+class PromptTooLongError(BackendError):
+    kind = "prompt_too_long"
+
+
+class WorkerCrashed(BackendError):
+    kind = "crashed"
+
+
+class NotLoadedError(BackendError):
+    kind = "not_loaded"
+
+
+ERROR_KINDS = {cls.kind: cls for cls in
+               (BackendError, ModelLoadError, TemplateError, PromptTooLongError, WorkerCrashed, NotLoadedError)}
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    model_path: str
+    options: LoadOptions = field(default_factory=LoadOptions)
+    backend: str = "llama_cpp"
+    display_name: str = ""
+
+    def to_dict(self) -> dict:
+        return {"model_path": self.model_path, "options": self.options.model_dump(),
+                "backend": self.backend, "display_name": self.display_name}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LoadSpec":
+        return cls(data["model_path"], LoadOptions(**data["options"]), data["backend"], data["display_name"])
+
+
+@dataclass(frozen=True)
+class BufferSize:
+    device: str   # "CPU", "CUDA0", "CPU_Mapped", ...
+    kind: str     # "model", "KV", "compute", "output", ...
+    mib: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: str
+    backend: str
+    n_ctx: int
+    n_ctx_train: int
+    n_layer: int
+    n_gpu_layers: int
+    gpu_offload_supported: bool
+    n_threads: int
+    kv_type: str
+    flash_attn: bool
+    template_origin: str
+    load_seconds: float
+    file_bytes: int
+    buffers: tuple[BufferSize, ...] = ()
+    worker_pid: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelInfo":
+        data = dict(data)
+        data["buffers"] = tuple(BufferSize(**b) for b in data.get("buffers", ()))
+        return cls(**data)
+
+
+class ChatStream(Iterator[str]):
+    """An iterator of text deltas. ``stats`` is set once iteration has finished."""
+
+    def __init__(self, generator: Generator[str, None, GenerationStats]) -> None:
+        self._gen = generator
+        self.stats: Optional[GenerationStats] = None
+
+    def __iter__(self) -> "ChatStream":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._gen)
+        except StopIteration as stop:
+            self.stats = stop.value
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._gen.close()
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded-or-not model runtime. One generation at a time."""
+
+    name: str
+
+    @property
+    def info(self) -> Optional[ModelInfo]: ...
+
+    def load(self, spec: LoadSpec) -> ModelInfo: ...
+
+    def unload(self) -> None: ...
+
+    def stream_chat(self, messages: list[dict], params: SamplingOptions,
+                    cancel: threading.Event) -> ChatStream: ...

@@ -1,0 +1,268 @@
+"""llama.cpp through llama-cpp-python, in the current process. The app runs it inside the
+supervised worker (``backends.worker_main``); the UI process never imports this module.
+
+Generation is our own loop over llama.cpp's sampler: the prompt is evaluated in ``n_batch``
+chunks (Stop is checked between them), each token is turned into bytes once, and UTF-8 and
+stop strings are handled incrementally. This avoids ``create_completion(stream=True)``'s
+hold-back logic, which re-detokenises the reply and was measured collapsing decode speed.
+"""
+from __future__ import annotations
+
+import ctypes
+import random
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Generator, Optional
+
+from backends.base import (BufferSize, ChatStream, ModelInfo, ModelLoadError, NotLoadedError, LoadSpec,
+                           PromptTooLongError, TemplateError)
+from core.chat_template import TemplateRenderError, TemplateSource, check_template, choose_template, render_chat_template
+from core.generation import GenerationStats, StopMatcher, Utf8Assembler, decode_tokens_per_s
+from core.gguf_header import GGUFError
+from core.llama_log import is_error_line, parse_buffer_line
+from core.options import SamplingOptions
+from services.cpu import physical_cores
+from services.gguf_file import read_header
+
+DEFAULT_CTX = 4096
+_KV_GGML_TYPE = {"f16": 1, "q8_0": 8, "q4_0": 2}
+
+
+class LlamaLogCapture:
+    """Receives llama.cpp's log; keeps buffer-size lines and a tail of warnings and errors."""
+
+    def __init__(self, echo=sys.stderr) -> None:
+        self._partial = ""
+        self._lock = threading.Lock()
+        self.buffers: list[BufferSize] = []
+        self.errors: deque[str] = deque(maxlen=50)
+        self._echo = echo
+        self._callback = None
+
+    def install(self) -> None:
+        import llama_cpp
+
+        @llama_cpp.llama_log_callback
+        def _on_log(level: int, text: bytes, user_data) -> None:
+            self.feed(level, text.decode("utf-8", errors="replace"))
+
+        self._callback = _on_log  # keep a reference: llama.cpp holds only the raw pointer
+        llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
+
+    def reset(self) -> None:
+        with self._lock:
+            self.buffers = []
+            self.errors.clear()
+
+    def feed(self, level: int, text: str) -> None:
+        with self._lock:
+            self._partial += text
+            *lines, self._partial = self._partial.split("\n")
+            for line in lines:
+                parsed = parse_buffer_line(line)
+                if parsed:
+                    self.buffers.append(BufferSize(*parsed))
+                elif level in (2, 3) or is_error_line(line):
+                    self.errors.append(line.strip())
+                    if self._echo:
+                        print(line, file=self._echo, flush=True)
+
+
+class LlamaCppEngine:
+    name = "llama_cpp"
+
+    def __init__(self) -> None:
+        self._llm = None
+        self._info: Optional[ModelInfo] = None
+        self._template: Optional[TemplateSource] = None
+        self._bos_text = ""
+        self._eos_text = ""
+        self._add_bos = False
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._log = LlamaLogCapture()
+        self._log_installed = False
+
+    @property
+    def info(self) -> Optional[ModelInfo]:
+        return self._info
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self, spec: LoadSpec) -> ModelInfo:
+        self.unload()
+        try:
+            header = read_header(spec.model_path)
+        except GGUFError as exc:
+            raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
+        n_ctx_train = int(header.arch_value("context_length", 0) or 0)
+        n_layer = int(header.arch_value("block_count", 0) or 0)
+        opts = spec.options
+        n_ctx = opts.n_ctx or (min(DEFAULT_CTX, n_ctx_train) if n_ctx_train else DEFAULT_CTX)
+        if n_ctx_train and n_ctx > n_ctx_train:
+            raise ModelLoadError(
+                f"A context of {n_ctx} tokens is more than this model was trained for ({n_ctx_train}).")
+
+        import llama_cpp
+        from llama_cpp import Llama
+
+        if not self._log_installed:
+            self._log.install()
+            self._log_installed = True
+        self._log.reset()
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+        n_gpu_layers = opts.n_gpu_layers if opts.n_gpu_layers is not None else (-1 if offload else 0)
+        n_threads = opts.n_threads or physical_cores()
+        started = time.monotonic()
+        try:
+            llm = Llama(
+                spec.model_path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
+                n_threads_batch=n_threads, n_batch=opts.n_batch, n_ubatch=opts.n_batch,
+                flash_attn=opts.flash_attn, type_k=_KV_GGML_TYPE[opts.kv_type],
+                type_v=_KV_GGML_TYPE[opts.kv_type], verbose=True,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            logged = list(self._log.errors)
+            detail = ([line for line in logged if "error" in line.lower()] or logged or [str(exc)])[-1]
+            raise ModelLoadError(f"llama.cpp could not load {Path(spec.model_path).name}: {detail}") from None
+        load_seconds = time.monotonic() - started
+
+        template = choose_template(llm.metadata.get("tokenizer.chat_template"))
+        vocab = llm._model
+        bos, eos = vocab.token_bos(), vocab.token_eos()
+        bos_text = vocab.token_get_text(bos) if bos >= 0 else ""
+        eos_text = vocab.token_get_text(eos) if eos >= 0 else ""
+        try:
+            check_template(template, bos_text, eos_text)
+        except TemplateRenderError as exc:
+            llm.close()
+            raise TemplateError(str(exc)) from None
+
+        self._llm, self._template = llm, template
+        self._bos_text, self._eos_text = bos_text, eos_text
+        self._add_bos = bool(vocab.add_bos_token())
+        self._info = ModelInfo(
+            name=spec.display_name or Path(spec.model_path).name,
+            path=spec.model_path, backend=self.name, n_ctx=llm.n_ctx(), n_ctx_train=n_ctx_train,
+            n_layer=n_layer, n_gpu_layers=n_gpu_layers, gpu_offload_supported=offload,
+            n_threads=n_threads, kv_type=opts.kv_type, flash_attn=opts.flash_attn,
+            template_origin=template.origin, load_seconds=round(load_seconds, 3),
+            file_bytes=header.file_size or 0, buffers=tuple(self._log.buffers),
+        )
+        return self._info
+
+    def unload(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+        self._llm = None
+        self._info = None
+        self._template = None
+
+    # -- generation ------------------------------------------------------------------------
+    def stream_chat(self, messages: list[dict], params: SamplingOptions,
+                    cancel: threading.Event) -> ChatStream:
+        if self._llm is None:
+            raise NotLoadedError("No model is loaded.")
+        return ChatStream(self._generate(messages, params, cancel))
+
+    def _piece(self, token: int) -> bytes:
+        import llama_cpp
+
+        vocab = self._llm._model.vocab
+        n = llama_cpp.llama_token_to_piece(vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        if n < 0:
+            self._piece_buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        return self._piece_buf.raw[:n]
+
+    def tokenize_prompt(self, messages: list[dict]) -> list[int]:
+        try:
+            prompt = render_chat_template(self._template.text, messages,
+                                          bos_token=self._bos_text, eos_token=self._eos_text)
+        except TemplateRenderError as exc:
+            raise TemplateError(str(exc)) from None
+        add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
+        return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def _reuse_prefix(self, tokens: list[int]) -> int:
+        """Keep the KV cache of the longest common prefix with the previous request."""
+        llm = self._llm
+        cached = llm._input_ids[: llm.n_tokens].tolist()
+        common = 0
+        for a, b in zip(cached, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # at least one token must be evaluated for logits
+        if common > 0 and llm._ctx.kv_cache_seq_rm(-1, common, -1):
+            llm.n_tokens = common
+            return common
+        llm.reset()
+        return 0
+
+    def _generate(self, messages: list[dict], params: SamplingOptions,
+                  cancel: threading.Event) -> Generator[str, None, GenerationStats]:
+        import llama_cpp
+
+        llm = self._llm
+        started = time.monotonic()
+        tokens = self.tokenize_prompt(messages)
+        n_ctx = llm.n_ctx()
+        if len(tokens) >= n_ctx:
+            raise PromptTooLongError(
+                f"The conversation is {len(tokens)} tokens but the context holds {n_ctx}. "
+                "Clear the chat, shorten it, or load the model with a larger context.")
+
+        def stats(reason: str, completion: int = 0, t_first=None, t_last=None) -> GenerationStats:
+            return GenerationStats(
+                prompt_tokens=len(tokens), completion_tokens=completion,
+                ttft_s=round((t_first or time.monotonic()) - started, 4),
+                decode_tokens_per_s=round(decode_tokens_per_s(completion, t_first, t_last), 2),
+                total_s=round(time.monotonic() - started, 4), n_ctx=n_ctx, finish_reason=reason,
+                cached_prompt_tokens=cached)
+
+        cached = self._reuse_prefix(tokens)
+        todo = tokens[cached:]
+        for i in range(0, len(todo), llm.n_batch):
+            if cancel.is_set():
+                return stats("cancelled")
+            llm.eval(todo[i: i + llm.n_batch])
+
+        llm.set_seed(params.seed if params.seed is not None else random.randrange(2**32 - 1))
+        sampler = llm._init_sampler(top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
+                                    temp=params.temperature, repeat_penalty=params.repeat_penalty)
+        vocab = llm._model.vocab
+        text = Utf8Assembler()
+        stops = StopMatcher(tuple(params.stop) + self._template.stop)
+        completion, t_first, t_last, reason = 0, None, None, "stop"
+        try:
+            while True:
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                token = sampler.sample(llm._ctx, -1)
+                now = time.monotonic()
+                t_first = t_first or now
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+                completion += 1
+                t_last = now
+                delta = stops.push(text.feed(self._piece(token)))
+                if delta:
+                    yield delta
+                if stops.stopped:
+                    break
+                if completion >= params.max_tokens:
+                    reason = "length"
+                    break
+                if llm.n_tokens + 1 >= n_ctx:
+                    reason = "context"
+                    break
+                llm.eval([token])
+        finally:
+            sampler.close()
+        tail = stops.push(text.flush()) + stops.flush()
+        if tail:
+            yield tail
+        return stats(reason, completion, t_first, t_last)

@@ -1,0 +1,229 @@
+"""The UI-side half of the supervised worker: a Backend that runs the model in a child process.
+
+A crash, an out-of-memory kill or a ``kill -9`` of the child becomes a ``WorkerCrashed`` error
+with the exit status and the last lines the child logged; the UI process carries on. Unloading
+ends the child, so all of its memory (VRAM included) really comes back.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from typing import Generator, Optional
+
+from backends import worker_protocol as wp
+from backends.base import (ERROR_KINDS, BackendError, ChatStream, LoadSpec, ModelInfo, NotLoadedError,
+                           WorkerCrashed)
+from core.generation import GenerationStats
+from core.options import SamplingOptions
+from services.paths import project_root
+
+_POLL_S = 0.05
+_DRAIN_TIMEOUT_S = 5.0
+
+
+def describe_exit(returncode: Optional[int]) -> str:
+    if returncode is None:
+        return "stopped answering"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = " (often: out of memory)" if -returncode == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {returncode}"
+
+
+class WorkerBackend:
+    """Backend protocol over a worker process. Thread-safe; one generation at a time."""
+
+    def __init__(self, backend: str = "llama_cpp", python: str = sys.executable,
+                 start_timeout_s: float = 60.0, extra_env: Optional[dict] = None) -> None:
+        self.name = backend
+        self._python = python
+        self._start_timeout_s = start_timeout_s
+        self._extra_env = extra_env or {}
+        self._proc: Optional[subprocess.Popen] = None
+        self._conn: Optional[Connection] = None
+        self._send_lock = threading.Lock()
+        self._gen_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._stderr_tail: deque[str] = deque(maxlen=200)
+        self._info: Optional[ModelInfo] = None
+
+    @property
+    def info(self) -> Optional[ModelInfo]:
+        return self._info
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    def stderr_tail(self, n: int = 20) -> list[str]:
+        return list(self._stderr_tail)[-n:]
+
+    # -- process management ----------------------------------------------------------------
+    def _start(self) -> None:
+        parent, child = Pipe(duplex=True)
+        env = dict(os.environ, PYTHONPATH=str(project_root()), PYTHONUNBUFFERED="1", **self._extra_env)
+        self._stderr_tail.clear()
+        self._proc = subprocess.Popen(
+            [self._python, "-m", "backends.worker_main", "--fd", str(child.fileno()), "--backend", self.name],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, cwd=str(project_root()), env=env, start_new_session=True,
+        )
+        child.close()
+        self._conn = parent
+        threading.Thread(target=self._read_stderr, args=(self._proc,), daemon=True,
+                         name="worker-stderr").start()
+        msg = self._recv(timeout=self._start_timeout_s)
+        if msg is None or msg[0] != wp.READY:
+            self._kill()
+            raise WorkerCrashed("The model worker did not start in time.")
+
+    def _read_stderr(self, proc: subprocess.Popen) -> None:
+        for raw in iter(proc.stderr.readline, b""):
+            self._stderr_tail.append(raw.decode("utf-8", errors="replace").rstrip())
+        proc.stderr.close()
+
+    def _send(self, msg: tuple) -> None:
+        if self._conn is None:
+            raise NotLoadedError("No model is loaded.")
+        try:
+            with self._send_lock:
+                self._conn.send(msg)
+        except (BrokenPipeError, EOFError, OSError):
+            raise self._crashed() from None
+
+    def _recv(self, timeout: float) -> Optional[tuple]:
+        """The next message, None on timeout; raises WorkerCrashed when the worker is gone."""
+        try:
+            if self._conn is None or not self._conn.poll(timeout):
+                if self._proc is not None and self._proc.poll() is not None and not self._conn.poll(0):
+                    raise self._crashed()
+                return None
+            return self._conn.recv()
+        except (EOFError, OSError):
+            raise self._crashed() from None
+
+    def _crashed(self) -> WorkerCrashed:
+        proc = self._proc
+        returncode = None
+        if proc is not None:
+            try:
+                returncode = proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+        time.sleep(0.05)  # let the stderr reader catch the last lines
+        tail = [line for line in self.stderr_tail(40) if line.strip()]
+        important = [line for line in tail if any(k in line for k in ("GGML_ASSERT", "error", "Error", "failed", "out of memory", "Killed"))]
+        detail = f" Last error logged: {important[-1][:300]}" if important else ""
+        self._kill()
+        return WorkerCrashed(f"The model worker {describe_exit(returncode)}. The model is unloaded; "
+                             f"load it again to continue.{detail}")
+
+    def _kill(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc, self._conn, self._info = None, None, None
+        if conn is not None:
+            conn.close()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _stop(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            if self._proc.poll() is None:
+                with self._send_lock:
+                    self._conn.send((wp.SHUTDOWN,))
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    msg = self._recv(timeout=0.1)
+                    if msg and msg[0] == wp.BYE:
+                        break
+                self._proc.wait(timeout=5)
+        except (WorkerCrashed, BrokenPipeError, EOFError, OSError, subprocess.TimeoutExpired):
+            pass
+        self._kill()
+
+    # -- Backend protocol ------------------------------------------------------------------
+    def load(self, spec: LoadSpec) -> ModelInfo:
+        with self._gen_lock:
+            self._stop()
+            self._start()
+            self._send((wp.LOAD, spec.to_dict()))
+            while True:
+                msg = self._recv(timeout=1.0)
+                if msg is None:
+                    continue
+                if msg[0] == wp.LOADED:
+                    self._info = ModelInfo.from_dict(msg[1])
+                    return self._info
+                if msg[0] == wp.ERROR:
+                    self._stop()
+                    raise ERROR_KINDS.get(msg[2], BackendError)(msg[3])
+
+    def unload(self) -> None:
+        with self._gen_lock:
+            self._stop()
+
+    def stream_chat(self, messages: list[dict], params: SamplingOptions,
+                    cancel: threading.Event) -> ChatStream:
+        if self._proc is None or self._info is None:
+            raise NotLoadedError("No model is loaded.")
+        return ChatStream(self._stream(messages, params, cancel))
+
+    def _stream(self, messages: list[dict], params: SamplingOptions,
+                cancel: threading.Event) -> Generator[str, None, GenerationStats]:
+        with self._gen_lock:
+            req_id = next(self._ids)
+            self._send((wp.CHAT, req_id, messages, params.model_dump()))
+            finished = cancel_sent = False
+            try:
+                while True:
+                    if cancel.is_set() and not cancel_sent:
+                        self._send((wp.CANCEL, req_id))
+                        cancel_sent = True
+                    msg = self._recv(timeout=_POLL_S)
+                    if msg is None or len(msg) < 2 or msg[1] != req_id:
+                        continue
+                    if msg[0] == wp.DELTA:
+                        yield msg[2]
+                    elif msg[0] == wp.DONE:
+                        finished = True
+                        return GenerationStats.from_dict(msg[2])
+                    elif msg[0] == wp.ERROR:
+                        finished = True
+                        raise ERROR_KINDS.get(msg[2], BackendError)(msg[3])
+            finally:
+                if not finished and self._proc is not None:
+                    self._abandon(req_id)
+
+    def _abandon(self, req_id: int) -> None:
+        """The consumer went away mid-reply: stop the worker's generation and wait for its end."""
+        try:
+            self._send((wp.CANCEL, req_id))
+            deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+            while time.monotonic() < deadline:
+                msg = self._recv(timeout=_POLL_S)
+                if msg and len(msg) > 1 and msg[1] == req_id and msg[0] in (wp.DONE, wp.ERROR):
+                    return
+            self._kill()  # it would not stop: end it rather than leave it generating
+        except WorkerCrashed:
+            pass
+
+    def close(self) -> None:
+        self.unload()

@@ -1,0 +1,145 @@
+"""The model worker process: ``python -m backends.worker_main --fd N --backend llama_cpp``.
+
+It owns the model. Commands arrive on a ``multiprocessing.connection.Connection`` over an
+inherited socket; replies go back on the same connection (see ``backends.worker_protocol``).
+The main thread reads commands (so a cancel arrives while a reply is generating); each chat
+runs on its own thread. When the UI process goes away the connection closes and the worker exits.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+
+from backends import worker_protocol as wp
+from backends.base import BackendError, LoadSpec
+from core.options import SamplingOptions
+
+_BATCH_S = 0.02
+
+
+def make_engine(backend: str):
+    if backend == "llama_cpp":
+        from backends.llama_cpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine()
+    raise BackendError(f"unknown backend {backend!r}")
+
+
+class Worker:
+    def __init__(self, conn: Connection, backend: str) -> None:
+        self.conn = conn
+        self.engine = make_engine(backend)
+        self._send_lock = threading.Lock()
+        self._chat_thread: threading.Thread | None = None
+        self._cancels: dict[int, threading.Event] = {}
+
+    def send(self, msg: tuple) -> None:
+        with self._send_lock:
+            self.conn.send(msg)
+
+    def send_error(self, req_id, exc: BaseException) -> None:
+        if isinstance(exc, BackendError):
+            self.send((wp.ERROR, req_id, exc.kind, str(exc)))
+        else:
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            self.send((wp.ERROR, req_id, "error", f"Internal error in the model worker: {detail}"))
+
+    def busy(self) -> bool:
+        if self._chat_thread is None:
+            return False
+        # The client sends a new command only after DONE, so a live thread is at most finishing up.
+        self._chat_thread.join(timeout=2)
+        return self._chat_thread.is_alive()
+
+    def handle_load(self, spec_dict: dict) -> None:
+        if self.busy():
+            self.send((wp.ERROR, None, "error", "Cannot load while a reply is being generated."))
+            return
+        try:
+            info = self.engine.load(LoadSpec.from_dict(spec_dict))
+        except Exception as exc:  # every failure goes back to the UI as a message
+            self.send_error(None, exc)
+            return
+        data = info.to_dict()
+        data["worker_pid"] = os.getpid()
+        self.send((wp.LOADED, data))
+
+    def handle_chat(self, req_id: int, messages: list, params: dict) -> None:
+        if self.busy():
+            self.send((wp.ERROR, req_id, "error", "The worker is already generating a reply."))
+            return
+        cancel = threading.Event()
+        self._cancels = {req_id: cancel}
+        self._chat_thread = threading.Thread(target=self._run_chat, args=(req_id, messages, params, cancel),
+                                             name=f"chat-{req_id}", daemon=True)
+        self._chat_thread.start()
+
+    def _run_chat(self, req_id: int, messages: list, params: dict, cancel: threading.Event) -> None:
+        try:
+            stream = self.engine.stream_chat(messages, SamplingOptions(**params), cancel)
+            pending, last_sent = "", 0.0
+            for delta in stream:
+                # The first delta goes at once (time to first token); later ones are batched a
+                # little, which halves the wake-ups of the UI process at ~100 tokens/s.
+                pending += delta
+                now = time.monotonic()
+                if now - last_sent >= _BATCH_S:
+                    self.send((wp.DELTA, req_id, pending))
+                    pending, last_sent = "", now
+            if pending:
+                self.send((wp.DELTA, req_id, pending))
+            self.send((wp.DONE, req_id, stream.stats.to_dict()))
+        except (BrokenPipeError, EOFError, OSError):
+            os._exit(0)  # the UI process is gone
+        except Exception as exc:
+            self.send_error(req_id, exc)
+
+    def serve(self) -> None:
+        self.send((wp.READY, os.getpid()))
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)
+            op = msg[0]
+            if op == wp.LOAD:
+                self.handle_load(msg[1])
+            elif op == wp.CHAT:
+                self.handle_chat(msg[1], msg[2], msg[3])
+            elif op == wp.CANCEL:
+                event = self._cancels.get(msg[1])
+                if event:
+                    event.set()
+            elif op == wp.SHUTDOWN:
+                for event in self._cancels.values():
+                    event.set()
+                if self._chat_thread:
+                    self._chat_thread.join(timeout=2)
+                self.engine.unload()
+                self.send((wp.BYE,))
+                return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fitchat-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--backend", default="llama_cpp")
+    args = parser.parse_args(argv)
+    os.dup2(2, 1)  # native code may print to stdout; keep it with the log on stderr
+    conn = Connection(args.fd)
+    try:
+        worker = Worker(conn, args.backend)
+    except Exception as exc:
+        conn.send((wp.ERROR, None, "error", f"The model worker could not start: {exc}"))
+        return 1
+    worker.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line entry points. Parsing happens only when ``main`` is called, never at import."""

@@ -1,0 +1,55 @@
+"""argparse helpers: flags generated from the options models, and one-line errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from typing import NoReturn
+
+from pydantic import BaseModel, ValidationError
+
+from core.options import describe_validation_error, field_specs
+
+
+class UsageError(Exception):
+    """A bad command line. ``main`` prints it as one line and exits with status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def add_option_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> list[str]:
+    """Add a flag for every field that declares ``cli``; return the field names added."""
+    names = []
+    for spec in field_specs(model):
+        flag = spec["cli"]
+        if not flag:
+            continue
+        annotation = spec["annotation"]
+        help_text = spec["description"]
+        if annotation is bool:
+            parser.add_argument(flag, dest=spec["name"], action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif typing.get_origin(annotation) is typing.Literal:
+            parser.add_argument(flag, dest=spec["name"], choices=typing.get_args(annotation),
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=spec["name"], type=int, default=None, metavar="N",
+                                help=help_text + (f" ({spec['min']}..{spec['max']})" if spec["max"] else ""))
+        names.append(spec["name"])
+    return names
+
+
+def options_from_args(model: type[BaseModel], args: argparse.Namespace, names: list[str]) -> BaseModel:
+    values = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise UsageError(describe_validation_error(exc, "options")) from None
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"fitchat: error: {message}", file=sys.stderr)
+    return code

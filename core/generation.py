@@ -1,0 +1,95 @@
+"""What a finished (or stopped) generation reports, and the incremental text helpers the
+backends share: UTF-8 reassembly and stop-string hold-back without re-decoding the reply."""
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass, asdict
+from typing import Literal, Optional
+
+FinishReason = Literal["stop", "length", "context", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float           # request received by the backend -> first token sampled
+    decode_tokens_per_s: float  # tokens after the first, over the time after the first
+    total_s: float
+    n_ctx: int
+    finish_reason: FinishReason
+    cached_prompt_tokens: int = 0
+
+    @property
+    def context_used(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def context_fraction(self) -> float:
+        return self.context_used / self.n_ctx if self.n_ctx else 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GenerationStats":
+        return cls(**data)
+
+
+def decode_tokens_per_s(completion_tokens: int, t_first: Optional[float], t_last: Optional[float]) -> float:
+    if completion_tokens < 2 or t_first is None or t_last is None or t_last <= t_first:
+        return 0.0
+    return (completion_tokens - 1) / (t_last - t_first)
+
+
+class Utf8Assembler:
+    """Turns token byte pieces into text, holding back an incomplete multi-byte character."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, piece: bytes) -> str:
+        return self._decoder.decode(piece)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text with O(stop length) work per delta.
+
+    ``push`` returns the text that is safe to emit now; text that could be the start of a stop
+    string is held back until it is resolved. ``stopped`` turns true when a stop string appears;
+    the stop string and anything after it are never emitted.
+    """
+
+    def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._keep = max((len(s) for s in self._stops), default=1) - 1
+        self._pending = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        if self.stopped or not text:
+            return ""
+        if not self._stops:
+            return text
+        buf = self._pending + text
+        hits = [i for i in (buf.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            self._pending = ""
+            return buf[: min(hits)]
+        # Hold back the longest tail that is a prefix of some stop string.
+        hold = 0
+        for n in range(min(self._keep, len(buf)), 0, -1):
+            tail = buf[-n:]
+            if any(s.startswith(tail) for s in self._stops):
+                hold = n
+                break
+        self._pending = buf[len(buf) - hold:] if hold else ""
+        return buf[: len(buf) - hold]
+
+    def flush(self) -> str:
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out

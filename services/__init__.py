@@ -1,0 +1,1 @@
+"""Thin adapters over the outside world: files, hardware, network, the Hub."""

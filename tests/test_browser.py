@@ -1,0 +1,95 @@
+"""A real browser: start the app as the README does (``./run.sh``), chat, stop, regenerate.
+
+Chromium is Debian's (installed by ``./run.sh test``); Playwright only drives it.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import ARTIFACTS, ROOT, start_app
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_model]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def app_from_readme(tmp_path_factory):
+    app = start_app(["--ctx", "2048"], tmp_path_factory.mktemp("browser-data"), command=[str(ROOT / "run.sh")])
+    app.wait_model_ready()
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def page(app_from_readme):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app_from_readme.url)
+        page.wait_for_selector("#message textarea")
+        yield page
+        browser.close()
+
+
+def bot_text(page) -> str:
+    bots = page.locator('#chatbot [data-testid="bot"]')
+    return bots.last.inner_text() if bots.count() else ""
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_chat_stop_and_regenerate_in_a_real_browser(page):
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait_for(lambda: "Ready" in page.inner_text("#model-status"), 30, "the model status to say Ready")
+
+    # Reload through the Model panel with a chosen context, as a user would.
+    page.click("#model-accordion")
+    page.fill("#load-n_ctx input", "1024")
+    page.keyboard.press("Enter")
+    page.click("#load")
+    wait_for(lambda: "context 1,024" in page.inner_text("#model-status"), 60, "the reload with context 1024")
+
+    page.click("#sampling-accordion")
+    page.fill("#sampling-max_tokens input", "300")
+    page.fill("#message textarea", "Write a long story about a lighthouse keeper and a storm.")
+    page.click("#send")
+
+    # The reply grows as it streams.
+    lengths = []
+    wait_for(lambda: len(bot_text(page)) > 0, 30, "the first tokens")
+    deadline = time.monotonic() + 20
+    while len(set(lengths)) < 4 and time.monotonic() < deadline:
+        lengths.append(len(bot_text(page)))
+        time.sleep(0.1)
+    growth = sorted(set(lengths))
+    assert len(growth) >= 4, f"reply did not grow while streaming: {lengths}"
+
+    # Stop mid-reply: the partial reply stays and stops growing.
+    page.click("#stop")
+    stopped = wait_for(lambda: "stopped" in bot_text(page) and bot_text(page), 3, "the reply to stop")
+    time.sleep(1.0)
+    assert bot_text(page) == stopped
+    assert len(stopped) > growth[0]
+    page.screenshot(path=str(ARTIFACTS / "browser-stopped.png"), full_page=True)
+
+    # Regenerate: a fresh reply replaces the stopped one.
+    page.click("#regenerate")
+    wait_for(lambda: "stopped" not in bot_text(page) and "tok/s" in bot_text(page), 60, "the regenerated reply")
+    assert page.locator('#chatbot [data-testid="bot"]').count() == 1
+    assert page.locator('#chatbot [data-testid="user"]').count() == 1
+    page.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)

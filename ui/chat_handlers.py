@@ -1,0 +1,132 @@
+"""Chat tab handlers: plain functions of (context, session, inputs) that tests call directly.
+
+Every input is validated here, on the server: a client can bypass the UI's controls.
+Streaming handlers yield ``(chatbot_messages, history, textbox_value)``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Sequence
+
+import gradio as gr
+
+from backends.base import BackendError, LoadSpec
+from core.chat_history import (History, HistoryError, add_user_message, check_system_prompt, content_text,
+                               edit_user_message, for_regenerate, model_messages, to_display, with_reply)
+from core.model_catalog import UnknownModelError
+from core.options import LoadOptions, SamplingOptions
+from ui.context import AppContext
+from ui.option_widgets import options_from_values
+from ui.status import format_status
+
+SAMPLING_FIELDS: tuple[str, ...] = tuple(SamplingOptions.model_fields)
+LOAD_FIELDS: tuple[str, ...] = ("n_ctx", "n_gpu_layers", "kv_type", "flash_attn", "n_threads", "n_batch")
+_MIN_UPDATE_INTERVAL_S = 1 / 15  # coalesce deltas: ~15 updates a second look smooth and cost little CPU
+
+Update = tuple[list[dict], History, str]
+
+
+def parse_sampling(values: Sequence[Any]) -> SamplingOptions:
+    return options_from_values(SamplingOptions, SAMPLING_FIELDS, values, "sampling options")
+
+
+def _history(value: Any) -> History:
+    # gr.State is server-side, but be strict anyway: only our own tuples are accepted.
+    return tuple(value) if isinstance(value, (tuple, list)) else ()
+
+
+def _check(fn, *args):
+    try:
+        return fn(*args)
+    except HistoryError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def stream_reply(ctx: AppContext, session: str, history: History, system_prompt: str,
+                 sampling: SamplingOptions) -> Iterator[History]:
+    """Yield ``history`` with a growing assistant reply; the last item carries stats or an error."""
+    cancel = ctx.cancels.start(session)
+    text = ""
+    try:
+        if ctx.manager.state().status == "loading":
+            yield with_reply(history, "", notice="Waiting for the model to finish loading…")
+        stream = ctx.manager.stream_chat(model_messages(history, system_prompt), sampling, cancel)
+        try:
+            last = 0.0
+            for delta in stream:
+                text += delta
+                now = time.monotonic()
+                if now - last >= _MIN_UPDATE_INTERVAL_S:
+                    last = now
+                    yield with_reply(history, text)
+        finally:
+            stream.close()
+        yield with_reply(history, text, stats=stream.stats)
+    except BackendError as exc:
+        yield with_reply(history, text, error=str(exc))
+    finally:
+        # Reached on normal end, on error, and when Gradio closes the generator because the
+        # client went away: the worker's generation stops either way.
+        cancel.set()
+        ctx.cancels.finish(session, cancel)
+
+
+def _stream_updates(ctx: AppContext, session: str, history: History, system_prompt: Any,
+                    sampling_values: Sequence[Any]) -> Iterator[Update]:
+    sampling = parse_sampling(sampling_values)
+    system = _check(check_system_prompt, system_prompt)
+    yield to_display(history), history, ""
+    for current in stream_reply(ctx, session, history, system, sampling):
+        yield to_display(current), current, ""
+
+
+def send(ctx: AppContext, session: str, message: Any, history: Any, system_prompt: Any,
+         sampling_values: Sequence[Any]) -> Iterator[Update]:
+    parse_sampling(sampling_values)  # reject bad options before the message is added
+    history = _check(add_user_message, _history(history), message)
+    yield from _stream_updates(ctx, session, history, system_prompt, sampling_values)
+
+
+def regenerate(ctx: AppContext, session: str, history: Any, system_prompt: Any,
+               sampling_values: Sequence[Any]) -> Iterator[Update]:
+    history = _check(for_regenerate, _history(history))
+    yield from _stream_updates(ctx, session, history, system_prompt, sampling_values)
+
+
+def edit(ctx: AppContext, session: str, index: Any, new_text: Any, history: Any, system_prompt: Any,
+         sampling_values: Sequence[Any]) -> Iterator[Update]:
+    history = _check(edit_user_message, _history(history), index, _check(content_text, new_text))
+    yield from _stream_updates(ctx, session, history, system_prompt, sampling_values)
+
+
+def stop(ctx: AppContext, session: str) -> None:
+    ctx.cancels.cancel(session)
+
+
+def clear(ctx: AppContext, session: str) -> tuple[list, History]:
+    ctx.cancels.cancel(session)
+    return [], ()
+
+
+def load_model(ctx: AppContext, name: Any, load_values: Sequence[Any]) -> str:
+    try:
+        entry = ctx.catalog().get(name)
+    except UnknownModelError as exc:
+        raise gr.Error(str(exc)) from None
+    options = options_from_values(LoadOptions, LOAD_FIELDS, load_values, "load options")
+    try:
+        ctx.manager.load(LoadSpec(entry.path, options, display_name=entry.name))
+    except BackendError as exc:
+        gr.Warning(str(exc))
+        state = ctx.manager.state()
+        if state.error != str(exc):  # the previous model is still loaded: say both
+            return f"**Load failed.** {exc}\n\n{format_status(state)}"
+    return format_status(ctx.manager.state())
+
+
+def unload_model(ctx: AppContext) -> str:
+    try:
+        ctx.manager.unload()
+    except BackendError as exc:
+        gr.Warning(str(exc))
+    return format_status(ctx.manager.state())

@@ -1,0 +1,114 @@
+"""Chat tab: streaming chat, stop, regenerate, edit-and-resend, system prompt, sampling, and the
+model bar (load/unload). Wiring only; the logic is in ``ui.chat_handlers``."""
+from __future__ import annotations
+
+import gradio as gr
+
+from core.options import LoadOptions, SamplingOptions
+from ui import chat_handlers as h
+from ui.context import AppContext
+from ui.option_widgets import build_widgets
+from ui.status import format_status, status_dict
+
+GENERATION = "generation"  # one reply at a time: the queue shows the rest their place
+
+
+def build(ctx: AppContext) -> None:
+    history = gr.State(())
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            status = gr.Markdown(lambda: format_status(ctx.manager.state()), elem_id="model-status")
+            chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height=520, editable="user",
+                                 buttons=["copy"], placeholder="Ask anything. Replies stream here.")
+            with gr.Row():
+                message = gr.Textbox(elem_id="message", show_label=False, placeholder="Message (Enter to send)",
+                                     scale=8, lines=1, max_lines=8, autofocus=True)
+                send_btn = gr.Button("Send", variant="primary", elem_id="send", scale=1, min_width=80)
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", scale=1, min_width=80)
+            with gr.Row():
+                regen_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm")
+                clear_btn = gr.Button("Clear", elem_id="clear", size="sm")
+        with gr.Column(scale=1, min_width=300):
+            with gr.Accordion("Model", open=False, elem_id="model-accordion"):
+                catalog = ctx.catalog()
+                current = ctx.manager.state().spec
+                with gr.Row(equal_height=True):
+                    # allow_custom_value: the catalog (rescanned on every load) is the allow-list,
+                    # so files added after start-up can be loaded; unknown names are refused there.
+                    model_choice = gr.Dropdown(
+                        choices=catalog.names, label="Model on disk", elem_id="model-choice", scale=5,
+                        allow_custom_value=True,
+                        value=(current.display_name if current and current.display_name in catalog.names
+                               else (catalog.names[0] if catalog.names else None)))
+                    rescan_btn = gr.Button("Rescan", elem_id="rescan", size="sm", scale=1, min_width=60)
+                load_widgets = build_widgets(LoadOptions, ctx.settings.load_options, only=h.LOAD_FIELDS,
+                                             elem_prefix="load-")
+                with gr.Row():
+                    load_btn = gr.Button("Load", variant="primary", elem_id="load", size="sm")
+                    unload_btn = gr.Button("Unload", elem_id="unload", size="sm")
+            system_prompt = gr.Textbox(label="System prompt", lines=3, elem_id="system-prompt",
+                                       placeholder="Optional: how the assistant should behave")
+            with gr.Accordion("Sampling", open=False, elem_id="sampling-accordion"):
+                sampling_widgets = build_widgets(SamplingOptions, elem_prefix="sampling-")
+
+    sampling_inputs = [sampling_widgets[name] for name in h.SAMPLING_FIELDS]
+    stream_outputs = [chatbot, history, message]
+
+    def on_send(request: gr.Request, text, hist, system, *sampling):
+        yield from h.send(ctx, request.session_hash, text, hist, system, sampling)
+
+    def on_regenerate(request: gr.Request, hist, system, *sampling):
+        yield from h.regenerate(ctx, request.session_hash, hist, system, sampling)
+
+    def on_edit(request: gr.Request, evt: gr.EditData, hist, system, *sampling):
+        yield from h.edit(ctx, request.session_hash, evt.index, evt.value, hist, system, sampling)
+
+    def on_stop(request: gr.Request):
+        h.stop(ctx, request.session_hash)
+
+    def on_clear(request: gr.Request):
+        return h.clear(ctx, request.session_hash)
+
+    def on_load(name, *values):
+        return h.load_model(ctx, name, values)
+
+    def on_unload():
+        return h.unload_model(ctx)
+
+    def on_rescan(selected):
+        names = ctx.catalog().names
+        return gr.Dropdown(choices=names, value=selected if selected in names else (names[0] if names else None))
+
+    def on_status():
+        return format_status(ctx.manager.state())
+
+    common = dict(concurrency_limit=1, concurrency_id=GENERATION)
+    gr.on([message.submit, send_btn.click], on_send, [message, history, system_prompt, *sampling_inputs],
+          stream_outputs, api_name="send", **common).then(on_status, None, status, api_visibility="private")
+    gr.on([regen_btn.click, chatbot.retry], on_regenerate, [history, system_prompt, *sampling_inputs],
+          stream_outputs, api_name="regenerate", **common).then(on_status, None, status, api_visibility="private")
+    chatbot.edit(on_edit, [history, system_prompt, *sampling_inputs], stream_outputs,
+                 api_name="edit", **common).then(on_status, None, status, api_visibility="private")
+    stop_btn.click(on_stop, None, None, api_name="stop", queue=False)
+    clear_btn.click(on_clear, None, [chatbot, history], api_name="clear", queue=False)
+    load_btn.click(on_load, [model_choice, *[load_widgets[n] for n in h.LOAD_FIELDS]], status,
+                   api_name="load_model", concurrency_limit=1, concurrency_id="model-admin")
+    rescan_btn.click(on_rescan, model_choice, model_choice, api_visibility="private", queue=False)
+    unload_btn.click(on_unload, None, status, api_name="unload_model",
+                     concurrency_limit=1, concurrency_id="model-admin")
+
+    def model_status() -> dict:
+        """The model's state: status (empty/loading/ready/failed/crashed), name, context, error."""
+        return status_dict(ctx.manager.state())
+
+    gr.api(model_status, api_name="model_status", queue=False)
+
+    # While a model loads in the background the status line follows it, then the timer stops.
+    timer = gr.Timer(1.0)
+
+    def on_tick():
+        state = ctx.manager.state()
+        settled = state.status != "loading" and (state.status != "empty" or not ctx.settings.load_default_model)
+        return format_status(state), gr.Timer(active=not settled)
+
+    timer.tick(on_tick, None, [status, timer], api_visibility="private", queue=False)

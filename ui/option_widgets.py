@@ -1,0 +1,95 @@
+"""Build Gradio inputs from a pydantic options model, and options back from their values.
+
+The model's field declarations (range, step, title, description) are the single source of truth;
+the values coming back are validated by the same model on the server, whatever the client sent.
+"""
+from __future__ import annotations
+
+import typing
+from typing import Any, Sequence
+
+import gradio as gr
+from pydantic import BaseModel, ValidationError
+
+from core.options import describe_validation_error, field_specs
+
+
+def _literal_choices(annotation: Any) -> list[str] | None:
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    return None
+
+
+def _is_optional(annotation: Any) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def build_widgets(model: type[BaseModel], values: BaseModel | None = None,
+                  only: Sequence[str] | None = None, elem_prefix: str = "") -> dict[str, gr.components.Component]:
+    """One component per field, in declaration order."""
+    widgets = {}
+    for spec in field_specs(model):
+        name = spec["name"]
+        if only is not None and name not in only:
+            continue
+        default = getattr(values, name) if values is not None else spec["default"]
+        common = dict(label=spec["title"], info=spec["description"], elem_id=f"{elem_prefix}{name}")
+        annotation = spec["annotation"]
+        choices = _literal_choices(annotation)
+        if annotation is bool:
+            widget = gr.Checkbox(value=bool(default), **common)
+        elif choices:
+            widget = gr.Dropdown(choices=choices, value=default, **common)
+        elif name == "stop":
+            widget = gr.Textbox(value="\n".join(default or ()), lines=2, placeholder="one per line", **common)
+        elif spec["empty"]:
+            # Optional number: "auto"/"random" or a value. A Number box cannot be empty in Gradio.
+            choices = [spec["empty"], *[str(v) for v in spec["suggest"]]]
+            widget = gr.Dropdown(choices=choices, value=spec["empty"] if default is None else str(default),
+                                 allow_custom_value=True, **common)
+        elif spec["min"] is None or spec["max"] is None:
+            is_int = int in (annotation, *typing.get_args(annotation))
+            widget = gr.Number(value=default, precision=0 if is_int else None,
+                               minimum=spec["min"], maximum=spec["max"], **common)
+        else:
+            lo = spec["min"] + (spec["step"] or 0) if spec["exclusive_min"] else spec["min"]
+            widget = gr.Slider(minimum=lo, maximum=spec["max"], step=spec["step"], value=default, **common)
+        widgets[name] = widget
+    return widgets
+
+
+def options_from_values(model: type[BaseModel], names: Sequence[str], values: Sequence[Any],
+                        what: str) -> BaseModel:
+    """Validate what a client sent; raise gr.Error with a readable message if it is wrong."""
+    if len(names) != len(values):
+        raise gr.Error(f"Invalid {what}: expected {len(names)} values, got {len(values)}.")
+    data = {}
+    specs = {spec["name"]: spec for spec in field_specs(model)}
+    for name, value in zip(names, values):
+        spec = specs.get(name)
+        if spec and spec["empty"] and isinstance(value, str):
+            text = value.strip()
+            if text.lower() in ("", spec["empty"]):
+                value = None
+            else:
+                try:
+                    value = int(text)
+                except ValueError:
+                    raise gr.Error(f"Invalid {what}: {spec['title']} must be a whole number or "
+                                   f"{spec['empty']!r} (got {text[:40]!r})") from None
+        if name == "stop":
+            if value is None:
+                value = ()
+            elif isinstance(value, str):
+                value = tuple(line for line in value.splitlines() if line)
+        elif value == "" or value is None:
+            value = None
+            if name in model.model_fields and not _is_optional(model.model_fields[name].annotation):
+                continue  # take the declared default
+        data[name] = value
+    try:
+        return model(**data)
+    except ValidationError as exc:
+        raise gr.Error(describe_validation_error(exc, what)) from None
+    except (TypeError, ValueError) as exc:
+        raise gr.Error(f"Invalid {what}: {exc}") from None

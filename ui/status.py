@@ -1,0 +1,50 @@
+"""One Markdown line that says what model is loaded, where, and how (or why none is)."""
+from __future__ import annotations
+
+from backends.base import ModelInfo
+from backends.manager import ManagerState
+
+
+def _placement(info: ModelInfo) -> str:
+    if not info.gpu_offload_supported:
+        return "CPU only (this llama.cpp build has no GPU offload)"
+    total = info.n_layer + 1  # the blocks plus the output head
+    on_gpu = total if info.n_gpu_layers < 0 or info.n_gpu_layers >= total else info.n_gpu_layers
+    if on_gpu == 0:
+        return "CPU only (0 layers on the GPU)"
+    return f"GPU: {on_gpu}/{total} layers"
+
+
+def describe_model(info: ModelInfo) -> str:
+    template = ("chat template from the model file" if info.template_origin != "chatml-fallback"
+                else "**the model has no chat template: using ChatML**")
+    return (f"**{info.name}** · {info.backend} · context {info.n_ctx:,} (trained {info.n_ctx_train:,}) · "
+            f"{_placement(info)} · KV {info.kv_type} · flash attention {'on' if info.flash_attn else 'off'} · "
+            f"{info.n_threads} threads · loaded in {info.load_seconds:.1f} s · {template}")
+
+
+def format_status(state: ManagerState) -> str:
+    if state.status == "ready" and state.info is not None:
+        return "**Ready** · " + describe_model(state.info)
+    name = state.spec.display_name if state.spec else ""
+    if state.status == "loading":
+        return f"**Loading** {name}…"
+    if state.status == "crashed":
+        return f"**Model worker crashed.** {state.error}"
+    if state.status == "failed":
+        return f"**Load failed.** {state.error}"
+    return "**No model loaded.** Pick one under **Model** and press **Load**."
+
+
+def status_dict(state: ManagerState) -> dict:
+    """The same facts for API clients and tests."""
+    info = state.info
+    return {
+        "status": state.status,
+        "model": info.name if info else (state.spec.display_name if state.spec else None),
+        "n_ctx": info.n_ctx if info else None,
+        "template_origin": info.template_origin if info else None,
+        "worker_pid": info.worker_pid if info else None,
+        "generating": state.generating,
+        "error": state.error,
+    }
