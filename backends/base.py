@@ -5,10 +5,11 @@ No heavy imports here: the UI process imports this module, never a runtime.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Generator, Iterator, Optional, Protocol, runtime_checkable
 
-from core.generation import GenerationStats
+from core.generation import GenerationProgress, GenerationStats
 from core.options import LoadOptions, SamplingOptions
 
 
@@ -95,10 +96,13 @@ class ModelInfo:
 
 
 class ChatStream(Iterator[str]):
-    """An iterator of text deltas. ``stats`` is set once iteration has finished."""
+    """An iterator of text deltas. ``progress`` counts tokens as they come (the producer updates
+    it); ``stats`` is set once iteration has finished."""
 
-    def __init__(self, generator: Generator[str, None, GenerationStats]) -> None:
+    def __init__(self, generator: Generator[str, None, GenerationStats],
+                 progress: Optional[GenerationProgress] = None) -> None:
         self._gen = generator
+        self.progress = progress or GenerationProgress(started=time.monotonic())
         self.stats: Optional[GenerationStats] = None
 
     def __iter__(self) -> "ChatStream":

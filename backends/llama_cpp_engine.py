@@ -20,7 +20,7 @@ from typing import Generator, Optional
 from backends.base import (BufferSize, ChatStream, ModelInfo, ModelLoadError, NotLoadedError, LoadSpec,
                            PromptTooLongError, TemplateError)
 from core.chat_template import TemplateRenderError, TemplateSource, check_template, choose_template, render_chat_template
-from core.generation import GenerationStats, StopMatcher, Utf8Assembler, decode_tokens_per_s
+from core.generation import GenerationProgress, GenerationStats, StopMatcher, Utf8Assembler, decode_tokens_per_s
 from core.gguf_header import GGUFError
 from core.llama_log import is_error_line, parse_buffer_line
 from core.options import SamplingOptions
@@ -164,7 +164,8 @@ class LlamaCppEngine:
                     cancel: threading.Event) -> ChatStream:
         if self._llm is None:
             raise NotLoadedError("No model is loaded.")
-        return ChatStream(self._generate(messages, params, cancel))
+        progress = GenerationProgress(started=time.monotonic(), n_ctx=self._llm.n_ctx())
+        return ChatStream(self._generate(messages, params, cancel, progress), progress)
 
     def _piece(self, token: int) -> bytes:
         import llama_cpp
@@ -201,13 +202,14 @@ class LlamaCppEngine:
         llm.reset()
         return 0
 
-    def _generate(self, messages: list[dict], params: SamplingOptions,
-                  cancel: threading.Event) -> Generator[str, None, GenerationStats]:
+    def _generate(self, messages: list[dict], params: SamplingOptions, cancel: threading.Event,
+                  progress: GenerationProgress) -> Generator[str, None, GenerationStats]:
         import llama_cpp
 
         llm = self._llm
-        started = time.monotonic()
+        started = progress.started
         tokens = self.tokenize_prompt(messages)
+        progress.prompt_tokens = len(tokens)
         n_ctx = llm.n_ctx()
         if len(tokens) >= n_ctx:
             raise PromptTooLongError(
@@ -248,6 +250,7 @@ class LlamaCppEngine:
                     break
                 completion += 1
                 t_last = now
+                progress.completion_tokens, progress.first_token_at, progress.last_token_at = completion, t_first, now
                 delta = stops.push(text.feed(self._piece(token)))
                 if delta:
                     yield delta

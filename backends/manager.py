@@ -7,6 +7,7 @@ a plain message.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Callable, Generator, Literal, Optional
 
 from backends.base import (Backend, BackendError, ChatStream, LoadSpec, ModelInfo, ModelLoadError,
                            NotLoadedError, WorkerCrashed)
-from core.generation import GenerationStats
+from core.generation import GenerationProgress, GenerationStats
 from core.gguf_header import GGUFError
 from core.options import SamplingOptions
 from services.gguf_file import read_header
@@ -51,6 +52,8 @@ class ModelManager:
         self._state_lock = threading.Lock()
         self._settled = threading.Event()
         self._settled.set()
+        self._live: Optional[GenerationProgress] = None
+        self._last_stats: Optional[GenerationStats] = None
 
     def state(self) -> ManagerState:
         with self._state_lock:
@@ -59,6 +62,12 @@ class ModelManager:
     def _set(self, **changes) -> None:
         with self._state_lock:
             self._state = ManagerState(**{**self._state.__dict__, **changes})
+
+    def generation(self) -> tuple[Optional[GenerationProgress], Optional[GenerationStats]]:
+        """A copy of the reply in progress (None when idle) and the stats of the last finished one.
+        Cheap: reads two fields, never touches the worker (safe to poll from a UI timer)."""
+        live = self._live
+        return (dataclasses.replace(live) if live is not None else None), self._last_stats
 
     def wait_settled(self, timeout: Optional[float] = None) -> bool:
         """Wait until no load is in progress."""
@@ -147,8 +156,9 @@ class ModelManager:
         except BaseException:
             self._busy.release()
             raise
+        self._live = stream.progress
         self._set(generating=True)
-        return ChatStream(self._guarded(stream))
+        return ChatStream(self._guarded(stream), stream.progress)
 
     def _guarded(self, stream: ChatStream) -> Generator[str, None, GenerationStats]:
         try:
@@ -159,6 +169,9 @@ class ModelManager:
             raise
         finally:
             stream.close()
+            self._live = None
+            if stream.stats is not None:
+                self._last_stats = stream.stats
             self._set(generating=False)
             self._busy.release()
 

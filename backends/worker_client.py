@@ -21,7 +21,7 @@ from typing import Generator, Optional
 from backends import worker_protocol as wp
 from backends.base import (ERROR_KINDS, BackendError, ChatStream, LoadSpec, ModelInfo, NotLoadedError,
                            WorkerCrashed)
-from core.generation import GenerationStats
+from core.generation import GenerationProgress, GenerationStats
 from core.options import SamplingOptions
 from services.paths import project_root
 
@@ -184,10 +184,11 @@ class WorkerBackend:
                     cancel: threading.Event) -> ChatStream:
         if self._proc is None or self._info is None:
             raise NotLoadedError("No model is loaded.")
-        return ChatStream(self._stream(messages, params, cancel))
+        progress = GenerationProgress(started=time.monotonic(), n_ctx=self._info.n_ctx)
+        return ChatStream(self._stream(messages, params, cancel, progress), progress)
 
-    def _stream(self, messages: list[dict], params: SamplingOptions,
-                cancel: threading.Event) -> Generator[str, None, GenerationStats]:
+    def _stream(self, messages: list[dict], params: SamplingOptions, cancel: threading.Event,
+                progress: GenerationProgress) -> Generator[str, None, GenerationStats]:
         with self._gen_lock:
             req_id = next(self._ids)
             self._send((wp.CHAT, req_id, messages, params.model_dump()))
@@ -201,6 +202,10 @@ class WorkerBackend:
                     if msg is None or len(msg) < 2 or msg[1] != req_id:
                         continue
                     if msg[0] == wp.DELTA:
+                        now = time.monotonic()
+                        progress.prompt_tokens, progress.completion_tokens, progress.n_ctx = msg[3:6]
+                        progress.first_token_at = progress.first_token_at or now
+                        progress.last_token_at = now
                         yield msg[2]
                     elif msg[0] == wp.DONE:
                         finished = True

@@ -89,15 +89,20 @@ class Worker:
                 pending += delta
                 now = time.monotonic()
                 if now - last_sent >= _BATCH_S:
-                    self.send((wp.DELTA, req_id, pending))
+                    self.send((wp.DELTA, req_id, pending, *self._counts(stream)))
                     pending, last_sent = "", now
             if pending:
-                self.send((wp.DELTA, req_id, pending))
+                self.send((wp.DELTA, req_id, pending, *self._counts(stream)))
             self.send((wp.DONE, req_id, stream.stats.to_dict()))
         except (BrokenPipeError, EOFError, OSError):
             os._exit(0)  # the UI process is gone
         except Exception as exc:
             self.send_error(req_id, exc)
+
+    @staticmethod
+    def _counts(stream) -> tuple[int, int, int]:
+        p = stream.progress
+        return p.prompt_tokens, p.completion_tokens, p.n_ctx
 
     def serve(self) -> None:
         self.send((wp.READY, os.getpid()))

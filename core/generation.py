@@ -36,6 +36,24 @@ class GenerationStats:
         return cls(**data)
 
 
+@dataclass
+class GenerationProgress:
+    """Live counters of a reply in progress (monotonic clock seconds). Updated by the backend."""
+    started: float
+    n_ctx: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: Optional[float] = None
+    last_token_at: Optional[float] = None
+
+    def tokens_per_s(self) -> float:
+        return decode_tokens_per_s(self.completion_tokens, self.first_token_at, self.last_token_at)
+
+    @property
+    def context_used(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
 def decode_tokens_per_s(completion_tokens: int, t_first: Optional[float], t_last: Optional[float]) -> float:
     if completion_tokens < 2 or t_first is None or t_last is None or t_last <= t_first:
         return 0.0

@@ -165,3 +165,13 @@ def test_broken_model_is_a_load_error_not_a_crash(case, bad_models):
     with pytest.raises(ModelLoadError, match="truncated"):
         backend.load(LoadSpec(str(bad_models["truncated"]), spec.options))
     assert backend.load(spec).n_ctx == 1024
+
+
+def test_progress_counts_tokens_while_streaming(loaded):
+    stream = loaded.stream_chat(PROMPT, SamplingOptions(max_tokens=40, temperature=0.0), threading.Event())
+    seen = []
+    for _ in stream:
+        seen.append(stream.progress.completion_tokens)
+    assert stream.progress.prompt_tokens == stream.stats.prompt_tokens
+    assert seen == sorted(seen) and 0 < seen[-1] <= stream.stats.completion_tokens
+    assert stream.progress.first_token_at is not None and stream.progress.n_ctx == 1024

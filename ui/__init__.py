@@ -1,9 +1,10 @@
-"""The Gradio app, built by a factory: ``build_app(ctx)`` returns the Blocks. One module per tab."""
+"""The Gradio app, built by a factory: ``build_app(ctx)`` returns the Blocks. One module per tab,
+each with ``build(ctx)``."""
 from __future__ import annotations
 
 import gradio as gr
 
-from ui import chat_tab, placeholder_tabs
+from ui import chat_tab, models_tab, presets_tab, resources_tab
 from ui.context import AppContext
 
 CSS = """
@@ -11,16 +12,14 @@ CSS = """
 footer { display: none !important; }
 """
 
+TABS = (("Chat", "chat", chat_tab), ("Models", "models", models_tab), ("Presets", "presets", presets_tab),
+        ("Resources", "resources", resources_tab))
+
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="FitChat", analytics_enabled=False) as app:
-        with gr.Tabs():
-            with gr.Tab("Chat", id="chat"):
-                chat_tab.build(ctx)
-            with gr.Tab("Models", id="models"):
-                placeholder_tabs.build_models(ctx)
-            with gr.Tab("Presets", id="presets"):
-                placeholder_tabs.build_presets(ctx)
-            with gr.Tab("Resources", id="resources"):
-                placeholder_tabs.build_resources(ctx)
+        with gr.Tabs(elem_id="tabs"):
+            for label, tab_id, module in TABS:
+                with gr.Tab(label, id=tab_id, elem_id=f"tab-{tab_id}"):
+                    module.build(ctx)
     return app

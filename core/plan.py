@@ -1,0 +1,59 @@
+"""A plan: where a model's bytes go on this machine, and how fast it will run. Made by
+``core.planner``; shown by the Presets, Models and Resources tabs and by ``app.py plan``."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Optional
+
+Fit = Literal["full_gpu", "partial", "cpu_only", "no_fit"]
+FIT_LABELS = {"full_gpu": "Full GPU", "partial": "Partial", "cpu_only": "CPU only", "no_fit": "Does not fit"}
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes by purpose on one device (a GPU, or host RAM)."""
+    weights: int = 0
+    kv_cache: int = 0
+    compute: int = 0
+    overhead: int = 0  # CUDA context and runtime, or host-side buffers
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute + self.overhead
+
+
+@dataclass(frozen=True)
+class Plan:
+    fit: Fit
+    backend: str                 # "llama_cpp" | "transformers"
+    n_layer: int
+    n_gpu_layers: int            # llama.cpp meaning: output head + (n-1) blocks; n_layer+1 = all
+    n_ctx: int
+    kv_type: str
+    flash_attn: bool
+    gpu: MemoryBreakdown         # on GPU 0 (all zeros when nothing is offloaded)
+    cpu: MemoryBreakdown         # in host RAM
+    tokens_per_s: float          # predicted decode speed at batch 1
+    reasons: tuple[str, ...] = ()
+    quantization: str = ""       # e.g. "Q4_K_M", "NF4"
+    goal: str = ""               # "fastest" | "context" | "" (a given configuration)
+    extra: dict = field(default_factory=dict)  # backend specifics, e.g. transformers max_memory
+
+    @property
+    def vram_bytes(self) -> int:
+        return self.gpu.total
+
+    @property
+    def ram_bytes(self) -> int:
+        return self.cpu.total
+
+    @property
+    def fit_label(self) -> str:
+        if self.fit == "partial":
+            return f"Partial {self.n_gpu_layers} of {self.n_layer + 1} layers"
+        return FIT_LABELS[self.fit]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(vram_bytes=self.vram_bytes, ram_bytes=self.ram_bytes, fit_label=self.fit_label)
+        return data
