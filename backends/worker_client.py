@@ -73,7 +73,8 @@ class WorkerBackend:
     # -- process management ----------------------------------------------------------------
     def _start(self) -> None:
         parent, child = Pipe(duplex=True)
-        env = dict(os.environ, PYTHONPATH=str(project_root()), PYTHONUNBUFFERED="1", **self._extra_env)
+        path = os.pathsep.join(filter(None, [str(project_root()), os.environ.get("PYTHONPATH", "")]))
+        env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1", **self._extra_env)
         self._stderr_tail.clear()
         self._proc = subprocess.Popen(
             [self._python, "-m", "backends.worker_main", "--fd", str(child.fileno()), "--backend", self.name],

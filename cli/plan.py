@@ -1,0 +1,178 @@
+"""``python app.py plan MODEL``: what fits on this (or a described) machine, and how fast.
+
+    python app.py plan model.gguf                          # optimise for this machine
+    python app.py plan model.gguf --profile rtx3060-12g    # ... for a described machine
+    python app.py plan model.gguf --vram-gib 12 --ram-gib 64 --goal context
+    python app.py plan model.gguf --n-gpu-layers 20 --ctx 8192 --kv q8_0 --json   # one configuration
+
+MODEL is a GGUF file (the first shard of a split model finds the others) or a preset (name or
+YAML file). Exits 0 when the plan fits, 1 when nothing fits, 2 on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from cli.args import OneLineParser, UsageError
+from core.gguf_header import GGUFError
+from core.hardware import GIB, GpuInfo, Hardware
+from core.model_shape import ModelShape, shape_from_headers, split_info
+from core.plan import Plan
+from core.planner import Calibration, evaluate, optimise
+from core.presets import PresetError
+from core.options import KV_TYPES
+from services.paths import project_root
+
+DEFAULT_GPU_BANDWIDTH = 400e9
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="app.py plan", description="Plan a model for a machine before loading it.")
+    p.add_argument("model", help="GGUF file, or a preset name / YAML file")
+    hw = p.add_argument_group("machine (default: this one)")
+    hw.add_argument("--profile", help="hardware profile: a name from profiles/ or a YAML/JSON file")
+    hw.add_argument("--vram-gib", type=float, help="free GPU memory to plan for (adds a generic GPU if none)")
+    hw.add_argument("--gpu-bandwidth-gb-s", type=float, help="bandwidth of that generic GPU (default 400)")
+    hw.add_argument("--ram-gib", type=float, help="available RAM to plan for")
+    p.add_argument("--goal", choices=("fastest", "context"), default="fastest")
+    cfg = p.add_argument_group("evaluate one configuration instead of optimising")
+    cfg.add_argument("--n-gpu-layers", type=int)
+    cfg.add_argument("--ctx", type=int)
+    cfg.add_argument("--kv", choices=KV_TYPES)
+    p.add_argument("--no-flash-attn", action="store_true")
+    p.add_argument("--no-dry-run", action="store_true", help="skip asking llama.cpp for its compute buffers")
+    p.add_argument("--data-dir", type=Path, help="where calibration is kept (default: the app's)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return p
+
+
+def gguf_shape(path: Path) -> ModelShape:
+    from services.gguf_file import read_header
+
+    paths = [path]
+    info = split_info(path.name)
+    if info:
+        stem, _, count = info
+        paths = [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    headers = [read_header(p) for p in paths]
+    return shape_from_headers(headers, name=path.name, file_bytes=sum(p.stat().st_size for p in paths))
+
+
+def machine(args: argparse.Namespace) -> Hardware:
+    from services.hardware import load_profile, probe
+
+    for value, flag in ((args.vram_gib, "--vram-gib"), (args.ram_gib, "--ram-gib")):
+        if value is not None and not 0 < value <= 65536:
+            raise UsageError(f"{flag} must be a positive number of GiB (got {value})")
+    if args.profile:
+        path = Path(args.profile)
+        if not path.suffix:
+            path = project_root() / "profiles" / f"{args.profile}.yaml"
+        if not path.is_file():
+            raise UsageError(f"--profile: no such profile {args.profile!r}")
+        try:
+            hw = load_profile(path)
+        except ValueError as exc:
+            raise UsageError(f"--profile: {exc}") from None
+    else:
+        hw = probe(measure_ram_bandwidth=True)
+    if args.vram_gib is not None:
+        if hw.gpus:
+            hw = hw.with_budget(vram_bytes=int(args.vram_gib * GIB))
+        else:
+            gpu = GpuInfo(0, f"GPU with {args.vram_gib:g} GiB (assumed)", int(args.vram_gib * GIB),
+                          int(args.vram_gib * GIB), bandwidth_bytes_per_s=(args.gpu_bandwidth_gb_s or 400) * 1e9)
+            hw = replace(hw, gpus=(gpu,), llama_gpu_offload=True, source=f"{hw.source} + assumed GPU")
+    if args.ram_gib is not None:
+        hw = replace(hw, ram_available_bytes=int(args.ram_gib * GIB),
+                     ram_total_bytes=max(hw.ram_total_bytes, int(args.ram_gib * GIB)))
+    return hw
+
+
+def make_plan(args: argparse.Namespace, shape: ModelShape, hw: Hardware, cal: Calibration,
+              model_path: Path | None) -> Plan:
+    flash = not args.no_flash_attn
+    if args.n_gpu_layers is not None or args.kv is not None:
+        ngl = args.n_gpu_layers if args.n_gpu_layers is not None else -1
+        plan = evaluate(shape, hw, ngl, args.ctx or min(4096, shape.n_ctx_train or 4096), args.kv or "f16", flash, cal=cal)
+    else:
+        plan = optimise(shape, hw, goal=args.goal, n_ctx=args.ctx, flash_attn=flash, cal=cal)
+    # llama.cpp can only dry-run for the machine it runs on, with the GPUs its build can use.
+    same_machine = hw.source == "probe" and (hw.can_offload or plan.n_gpu_layers == 0)
+    if model_path is None or args.no_dry_run or plan.fit == "no_fit" or not same_machine:
+        return plan
+    from services.dry_run import compute_buffers
+
+    measured = compute_buffers(str(model_path), plan.n_ctx, plan.n_gpu_layers, plan.kv_type, flash)
+    if measured is None:
+        return replace(plan, reasons=plan.reasons + ("llama.cpp dry run unavailable: compute buffers estimated",))
+    exact = evaluate(shape, hw, plan.n_gpu_layers, plan.n_ctx, plan.kv_type, flash, cal=cal,
+                     compute_override=measured, goal=plan.goal)
+    return replace(exact, reasons=exact.reasons + ("compute buffers from a llama.cpp dry run",))
+
+
+def render(plan: Plan, shape: ModelShape, hw: Hardware) -> str:
+    gib = lambda n: f"{n / GIB:6.2f} GiB"  # noqa: E731
+    gpu = hw.gpus[0].name if hw.gpus else "no GPU"
+    lines = [
+        f"Model     {shape.name}  ({shape.architecture}, {shape.n_layer} blocks, {shape.quantization or '?'}, "
+        f"{shape.weight_bytes / GIB:.2f} GiB of weights, trained context {shape.n_ctx_train})",
+        f"Machine   {gpu}; {hw.ram_available_bytes / GIB:.1f} GiB RAM available; {hw.cpu_physical_cores} cores "
+        f"[{hw.source}]",
+        f"Plan      {plan.fit_label}: n_gpu_layers {plan.n_gpu_layers}, context {plan.n_ctx}, KV {plan.kv_type}, "
+        f"flash attention {'on' if plan.flash_attn else 'off'}",
+        "",
+        "            weights      KV cache     compute      overhead     total",
+        f"  GPU     {gib(plan.gpu.weights)}  {gib(plan.gpu.kv_cache)}  {gib(plan.gpu.compute)}  "
+        f"{gib(plan.gpu.overhead)}  {gib(plan.vram_bytes)}",
+        f"  RAM     {gib(plan.cpu.weights)}  {gib(plan.cpu.kv_cache)}  {gib(plan.cpu.compute)}  "
+        f"{gib(plan.cpu.overhead)}  {gib(plan.ram_bytes)}",
+        "",
+        f"Speed     ~{plan.tokens_per_s:.1f} tokens/s (predicted decode at batch 1)",
+    ]
+    lines += [f"          - {reason}" for reason in plan.reasons]
+    return "\n".join(lines)
+
+
+def run(argv: list[str]) -> int:
+    from services.calibration import load_calibration
+    from services.paths import default_data_dir
+
+    args = build_parser().parse_args(argv)
+    if args.ctx is not None and not 128 <= args.ctx <= 1 << 24:
+        raise UsageError(f"--ctx must be 128..{1 << 24} (got {args.ctx})")
+    hw = machine(args)
+    target = Path(args.model).expanduser()
+    model_path = None
+    try:
+        if target.suffix == ".gguf":
+            shape, model_path = gguf_shape(target), target
+        else:
+            shape = preset_shape(args.model)
+    except GGUFError as exc:
+        raise UsageError(f"{args.model}: {exc}") from None
+    cal = load_calibration(args.data_dir or default_data_dir(), hw.gpus[0].name if hw.gpus else None)
+    plan = make_plan(args, shape, hw, cal, model_path)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else render(plan, shape, hw))
+    return 0 if plan.fit != "no_fit" else 1
+
+
+def preset_shape(name: str) -> ModelShape:
+    from core.presets import shape_from_hint
+    from services.presets_loader import load_presets
+
+    path = Path(name)
+    folder = path.parent if path.suffix in (".yaml", ".yml") else project_root() / "presets"
+    presets, errors = load_presets([folder])
+    preset = presets.get(path.stem)
+    if preset is None:
+        problem = next((e for e in errors if e.startswith(path.stem)), f"no preset or GGUF file named {name!r}")
+        raise UsageError(problem)
+    if preset.backend != "llama_cpp" or preset.shape is None:
+        raise UsageError(f"preset {path.stem}: `plan` handles llama.cpp presets with a shape")
+    try:
+        return shape_from_hint(preset.shape, preset.name, preset.quantization)
+    except PresetError as exc:
+        raise UsageError(str(exc)) from None

@@ -1,0 +1,73 @@
+"""Hardware profiles: a described machine (YAML/JSON) turned into ``Hardware`` for what-if planning.
+
+    name: RTX 3060 12 GB + 64 GB RAM
+    gpus: [{name: NVIDIA GeForce RTX 3060, vram_gib: 12, free_vram_gib: 11.5, bandwidth_gb_s: 360}]
+    ram_gib: 64
+    cpu_cores: 8
+    ram_bandwidth_gb_s: 40
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core.hardware import GIB, GpuInfo, Hardware
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class GpuProfile(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    vram_gib: float = Field(gt=0, le=4096)
+    free_vram_gib: Optional[float] = Field(None, gt=0, le=4096)
+    bandwidth_gb_s: float = Field(gt=0, le=100_000)
+    compute_capability: Optional[tuple[int, int]] = None
+
+    @model_validator(mode="after")
+    def _free_within_total(self) -> "GpuProfile":
+        if self.free_vram_gib is not None and self.free_vram_gib > self.vram_gib:
+            raise ValueError("free_vram_gib is larger than vram_gib")
+        return self
+
+
+class HardwareProfile(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field("", max_length=500)
+    gpus: tuple[GpuProfile, ...] = Field((), max_length=16)
+    ram_gib: float = Field(gt=0, le=65536)
+    available_ram_gib: Optional[float] = Field(None, gt=0, le=65536)
+    cpu_cores: int = Field(ge=1, le=1024)
+    ram_bandwidth_gb_s: float = Field(gt=0, le=10_000)
+    cpu_flags: tuple[str, ...] = Field((), max_length=32)
+
+    def to_hardware(self, key: str = "") -> Hardware:
+        gpus = tuple(
+            GpuInfo(index=i, name=g.name, total_bytes=int(g.vram_gib * GIB),
+                    free_bytes=int((g.free_vram_gib if g.free_vram_gib is not None else g.vram_gib - 0.4) * GIB),
+                    compute_capability=g.compute_capability, bandwidth_bytes_per_s=g.bandwidth_gb_s * 1e9)
+            for i, g in enumerate(self.gpus))
+        available = self.available_ram_gib if self.available_ram_gib is not None else self.ram_gib * 0.9
+        return Hardware(
+            gpus=gpus, ram_total_bytes=int(self.ram_gib * GIB), ram_available_bytes=int(available * GIB),
+            cpu_name=self.description or self.name, cpu_physical_cores=self.cpu_cores,
+            cpu_logical_cores=self.cpu_cores, cpu_flags=frozenset(self.cpu_flags),
+            ram_bandwidth_bytes_per_s=self.ram_bandwidth_gb_s * 1e9, llama_gpu_offload=bool(gpus),
+            source=f"profile:{key or self.name}",
+        )
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message names the file and the field."""
+
+
+def parse_profile(data: object, source: str) -> HardwareProfile:
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return HardwareProfile(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'profile'}: {e['msg']}" for e in exc.errors())
+        raise ProfileError(f"{source}: {problems}") from None

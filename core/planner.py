@@ -1,0 +1,234 @@
+"""Plan a llama.cpp load: bytes on the GPU and in RAM, and decode speed, before loading anything.
+
+Model (validated against llama.cpp's own buffer sizes and NVML, see docs/BENCHMARKS.md):
+* ``n_gpu_layers = N`` puts the output head plus the last N-1 blocks on the GPU (all of them
+  when N >= n_layer + 1). The input embedding always stays in host memory.
+* KV cache: every layer keeps ``n_ctx`` cells (n_ctx rounded up to 256) of
+  ``n_head_kv * (head_dim_k + head_dim_v)`` values of the KV type, on the device of its layer.
+* Compute buffers: llama.cpp reserves the worst case of one ``n_ubatch`` step. With flash
+  attention that is the larger of the FFN stage and the logits stage; a dry run of llama.cpp
+  replaces this estimate when the file is on disk (``compute_override``).
+* A constant per-GPU overhead (CUDA context, cuBLAS) learnt from real loads (``Calibration``).
+* Decode speed: a roofline. Each token streams the weights (and the KV cache) of each device once;
+  time = bytes / (bandwidth x efficiency) per device, plus a per-layer launch cost on the GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable, Literal, Optional
+
+from core.hardware import Hardware
+from core.model_shape import ModelShape, type_bytes_per_value
+from core.plan import MemoryBreakdown, Plan
+
+MIB = 1 << 20
+GIB = 1 << 30
+KV_TYPES_FA = ("f16", "q8_0", "q4_0")
+Goal = Literal["fastest", "context"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Constants of the model above. Defaults are measured (docs/BENCHMARKS.md); the app replaces
+    them with what it learns on this machine."""
+    gpu_overhead_bytes: int = 600 * MIB       # CUDA context + runtime per GPU (597 MiB H100)
+    host_overhead_bytes: int = 400 * MIB      # the worker process itself (Python, llama.cpp code)
+    gpu_efficiency: float = 0.80              # share of peak GPU bandwidth reached in decode
+    gpu_layer_overhead_s: float = 70e-6       # kernel launches and syncs per offloaded layer per token
+    cpu_efficiency: float = 0.55              # share of RAM bandwidth reached in decode
+    cpu_core_bytes_per_s: float = 4.5e9       # quantised weights one core can multiply per second
+    partial_sync_s: float = 150e-6            # per token, when the model is split GPU/CPU
+    default_ram_bandwidth: float = 20e9       # when the machine's is unknown
+    vram_margin_bytes: int = 512 * MIB        # kept free on the GPU
+    ram_margin_bytes: int = 1 * GIB           # kept free in RAM
+    eval_context: int = 256                   # context at which decode speed is predicted
+
+
+def pad_ctx(n_ctx: int) -> int:
+    return -(-n_ctx // 256) * 256
+
+
+def default_context(shape: ModelShape, requested: Optional[int] = None) -> int:
+    if requested:
+        return requested
+    return min(4096, shape.n_ctx_train) if shape.n_ctx_train else 4096
+
+
+def compute_buffer_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int = 512, flash_attn: bool = True) -> int:
+    """llama.cpp's worst-case compute buffer for one ubatch (fitted to its dry runs)."""
+    ub = n_ubatch
+    logits = ub * 4 * (shape.n_vocab + 2 * shape.n_embd)
+    ffn = ub * 4 * (3 * shape.n_ff + 4 * shape.n_embd)
+    if flash_attn:
+        return max(logits, ffn + pad_ctx(n_ctx) * ub * 2)
+    attention = pad_ctx(n_ctx) * ub * (4 * shape.n_head + 4) + ub * 4 * 7 * shape.n_embd
+    return max(logits, ffn, attention)
+
+
+def kv_bytes(shape: ModelShape, layers: Iterable[int], n_ctx: int, kv_type: str) -> int:
+    b = type_bytes_per_value(kv_type)
+    return int(pad_ctx(n_ctx) * sum(shape.kv_bytes_per_token(i, b, b) for i in layers))
+
+
+@dataclass(frozen=True)
+class _Split:
+    gpu_blocks: range
+    cpu_blocks: range
+    output_on_gpu: bool
+
+
+def _split(shape: ModelShape, n_gpu_layers: int) -> _Split:
+    n = shape.n_layer
+    ngl = n + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n + 1)
+    first_gpu = n - max(ngl - 1, 0)
+    return _Split(range(first_gpu, n), range(0, first_gpu), ngl >= 1)
+
+
+def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str, cal: Calibration) -> float:
+    b = type_bytes_per_value(kv_type)
+    ctx = cal.eval_context
+
+    def kv_read(layers: range) -> float:
+        return ctx * sum(shape.kv_bytes_per_token(i, b, b) for i in layers)
+
+    head = shape.output_bytes
+    gpu_bytes = sum(shape.block_bytes[i] for i in split.gpu_blocks) + kv_read(split.gpu_blocks)
+    cpu_bytes = sum(shape.block_bytes[i] for i in split.cpu_blocks) + kv_read(split.cpu_blocks)
+    if split.output_on_gpu:
+        gpu_bytes += head
+    else:
+        cpu_bytes += head
+    seconds = 0.0
+    if gpu_bytes:
+        gpu = hw.gpus[0]
+        bandwidth = (gpu.bandwidth_bytes_per_s or 300e9) * cal.gpu_efficiency
+        seconds += gpu_bytes / bandwidth + cal.gpu_layer_overhead_s * (len(split.gpu_blocks) + 1)
+    if cpu_bytes:
+        ram_bw = (hw.ram_bandwidth_bytes_per_s or cal.default_ram_bandwidth) * cal.cpu_efficiency
+        rate = min(ram_bw, max(hw.cpu_physical_cores, 1) * cal.cpu_core_bytes_per_s)
+        seconds += cpu_bytes / rate
+    if gpu_bytes and split.cpu_blocks:
+        seconds += cal.partial_sync_s
+    return seconds
+
+
+def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_type: str = "f16",
+             flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
+             compute_override: Optional[tuple[int, int]] = None, goal: str = "") -> Plan:
+    """The plan for one given configuration (no optimisation). ``compute_override`` is llama.cpp's
+    own (gpu, host) compute-buffer sizes from a dry run of exactly this configuration."""
+    reasons: list[str] = []
+    if not hw.can_offload:
+        if n_gpu_layers not in (0,) and hw.has_gpu:
+            reasons.append("the installed llama.cpp has no GPU offload: everything runs on the CPU")
+        n_gpu_layers = 0
+    split = _split(shape, n_gpu_layers)
+    ngl = len(split.gpu_blocks) + (1 if split.output_on_gpu else 0)
+    on_gpu = ngl > 0
+    tied_copy = shape.token_embd_bytes if shape.output_tied else 0
+    w_gpu = sum(shape.block_bytes[i] for i in split.gpu_blocks) + (shape.output_bytes if split.output_on_gpu else 0)
+    w_cpu = (sum(shape.block_bytes[i] for i in split.cpu_blocks) + shape.token_embd_bytes + shape.other_bytes
+             + (0 if split.output_on_gpu else shape.output_bytes - tied_copy))
+    if compute_override is not None:
+        c_gpu, c_cpu = compute_override
+    else:
+        full = compute_buffer_bytes(shape, n_ctx, n_ubatch, flash_attn)
+        c_gpu = full if on_gpu else 0
+        c_cpu = full if split.cpu_blocks or not on_gpu else n_ubatch * 4 * shape.n_embd
+    gpu = MemoryBreakdown(w_gpu, kv_bytes(shape, split.gpu_blocks, n_ctx, kv_type), c_gpu,
+                          cal.gpu_overhead_bytes if on_gpu else 0)
+    cpu = MemoryBreakdown(w_cpu, kv_bytes(shape, split.cpu_blocks, n_ctx, kv_type), c_cpu,
+                          cal.host_overhead_bytes + shape.n_vocab * 4)
+    tokens_per_s = 1.0 / _decode_seconds(shape, hw, split, kv_type, cal)
+
+    ram_budget = hw.ram_available_bytes - cal.ram_margin_bytes
+    vram_budget = (hw.gpus[0].free_bytes - cal.vram_margin_bytes) if hw.gpus else 0
+    if cpu.total > ram_budget or (on_gpu and gpu.total > vram_budget):
+        fit = "no_fit"
+        if on_gpu and gpu.total > vram_budget:
+            reasons.append(f"needs {gpu.total / GIB:.1f} GiB on the GPU; {max(vram_budget, 0) / GIB:.1f} GiB "
+                           f"are free after a {cal.vram_margin_bytes // MIB} MiB margin")
+        if cpu.total > ram_budget:
+            reasons.append(f"needs {cpu.total / GIB:.1f} GiB of RAM; {max(ram_budget, 0) / GIB:.1f} GiB are "
+                           f"available after a {cal.ram_margin_bytes // GIB} GiB margin")
+    elif ngl == shape.n_layer + 1:
+        fit = "full_gpu"
+        reasons.append(f"all {ngl} layers on {hw.gpus[0].name} ({gpu.total / GIB:.1f} of "
+                       f"{vram_budget / GIB:.1f} GiB usable)")
+    elif on_gpu:
+        fit = "partial"
+        reasons.append(f"{ngl} of {shape.n_layer + 1} layers on {hw.gpus[0].name}; "
+                       f"{cpu.total / GIB:.1f} GiB in RAM")
+    else:
+        fit = "cpu_only"
+        reasons.append(f"runs on the CPU ({hw.cpu_physical_cores} cores); {cpu.total / GIB:.1f} GiB in RAM")
+    if n_ctx > shape.n_ctx_train > 0:
+        fit = "no_fit"
+        reasons.append(f"a context of {n_ctx} is more than the model was trained for ({shape.n_ctx_train})")
+    if kv_type != "f16" and not flash_attn:
+        fit = "no_fit"
+        reasons.append(f"a {kv_type} KV cache needs flash attention")
+    return Plan(fit=fit, backend="llama_cpp", n_layer=shape.n_layer, n_gpu_layers=ngl, n_ctx=n_ctx,
+                kv_type=kv_type, flash_attn=flash_attn, gpu=gpu, cpu=cpu, tokens_per_s=round(tokens_per_s, 2),
+                reasons=tuple(reasons), quantization=shape.quantization, goal=goal)
+
+
+def _best(plans: list[Plan]) -> Optional[Plan]:
+    """The fastest plan, keeping the exact f16 KV cache unless a smaller cache type buys more
+    layers on the GPU (or is the only way to fit)."""
+    best: Optional[Plan] = None
+    for kv in KV_TYPES_FA:
+        usable = [p for p in plans if p.fit != "no_fit" and p.kv_type == kv]
+        if not usable:
+            continue
+        candidate = max(usable, key=lambda p: (p.tokens_per_s, p.n_gpu_layers))
+        if best is None or (candidate.n_gpu_layers > best.n_gpu_layers and candidate.tokens_per_s > best.tokens_per_s):
+            best = candidate
+    return best
+
+
+def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n_ubatch: int,
+                cal: Calibration, kv_types: tuple[str, ...]) -> Optional[Plan]:
+    layer_options = range(shape.n_layer + 2) if hw.can_offload else (0,)
+    plans = [evaluate(shape, hw, ngl, n_ctx, kv, flash_attn, n_ubatch, cal)
+             for kv in kv_types for ngl in layer_options]
+    return _best(plans)
+
+
+def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Optional[int] = None,
+             flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
+             kv_types: Optional[tuple[str, ...]] = None) -> Plan:
+    """Choose n_gpu_layers, KV type (and for ``goal="context"`` the context) for this machine.
+
+    * fastest: the highest predicted tokens/s at the requested (or default) context.
+    * context: the longest context (up to the trained one) whose best plan keeps at least 80 % of
+      the fastest plan's speed, i.e. more context without falling back to the CPU.
+    Never plans more than the model's trained context. Returns a ``no_fit`` plan with reasons when
+    nothing fits.
+    """
+    kv_options = kv_types or (KV_TYPES_FA if flash_attn else ("f16",))
+    base_ctx = default_context(shape, n_ctx)
+    notes: list[str] = []
+    if shape.n_ctx_train and base_ctx > shape.n_ctx_train:
+        notes.append(f"context capped at the model's trained {shape.n_ctx_train} tokens")
+        base_ctx = shape.n_ctx_train
+    fastest = _fastest_at(shape, hw, base_ctx, flash_attn, n_ubatch, cal, kv_options)
+    if fastest is None:
+        # Report why with the most favourable configuration that still does not fit.
+        worst = evaluate(shape, hw, -1 if hw.can_offload else 0, base_ctx, kv_options[-1], flash_attn, n_ubatch, cal)
+        return replace(worst, goal=goal, reasons=worst.reasons + tuple(notes))
+    chosen = fastest
+    if goal == "context":
+        top = shape.n_ctx_train or base_ctx
+        candidates = sorted({top, *[c for c in (2**k for k in range(11, 22)) if base_ctx < c < top]}, reverse=True)
+        for ctx in candidates:
+            plan = _fastest_at(shape, hw, ctx, flash_attn, n_ubatch, cal, kv_options)
+            if plan is not None and plan.tokens_per_s >= 0.8 * fastest.tokens_per_s:
+                chosen = plan
+                break
+        if chosen.n_ctx > base_ctx:
+            notes.append(f"longest context that keeps {chosen.tokens_per_s / fastest.tokens_per_s:.0%} of the "
+                         f"fastest speed")
+    if chosen.kv_type != "f16" and len(kv_options) > 1:
+        notes.append(f"KV cache {chosen.kv_type} to keep more on the GPU")
+    return replace(chosen, goal=goal, reasons=chosen.reasons + tuple(notes))

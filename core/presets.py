@@ -1,0 +1,213 @@
+"""YAML presets: schema (extra keys rejected, clear messages naming file and field) and ranking.
+
+A preset says which model (a local path, or a Hub repo + file glob), which backend and
+quantisation, optional hardware requirements, load options and sampling defaults. ``shape``
+describes the model well enough to plan before it is downloaded; once the file is on disk its
+own header replaces it.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.hardware import GIB, Hardware
+from core.model_shape import ModelShape
+from core.options import LoadOptions, SamplingOptions, describe_validation_error
+from core.plan import Plan
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+LOAD_OPTION_MODELS: dict[str, type[BaseModel]] = {"llama_cpp": LoadOptions}
+EMBEDDED_KEY = ":embedded:"  # how the library lists the embedded model to match_local
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class ModelSource(_Strict):
+    embedded: bool = Field(False, description="the model shipped with FitChat (SmolLM2-135M)")
+    path: Optional[str] = Field(None, max_length=1024, description="a file in the models folder, or absolute")
+    repo: Optional[str] = Field(None, max_length=200, description="Hugging Face repo id, owner/name")
+    file: Optional[str] = Field(None, max_length=200, description="file glob in the repo, e.g. *Q4_K_M.gguf")
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and (not REPO_ID.match(value) or ".." in value):
+            raise ValueError("must look like owner/name (letters, digits, '-', '_', '.')")
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _glob(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and ("/" in value or "\\" in value or ".." in value or "\x00" in value):
+            raise ValueError("must be a file name or glob without folders")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSource":
+        if sum((bool(self.embedded), bool(self.path), bool(self.repo))) != 1:
+            raise ValueError("give exactly one of: embedded: true, a local path, or a Hub repo")
+        return self
+
+
+class ShapeHint(_Strict):
+    """Enough of a model's shape to plan before its header is available."""
+    architecture: str = Field("llama", max_length=50)
+    n_layer: int = Field(ge=1, le=1000)
+    n_embd: int = Field(ge=16, le=131072)
+    n_head: int = Field(ge=1, le=1024)
+    n_head_kv: int = Field(ge=1, le=1024)
+    n_ff: int = Field(ge=16, le=1_000_000)
+    n_vocab: int = Field(ge=16, le=4_000_000)
+    n_ctx_train: int = Field(ge=128, le=1 << 24)
+    file_gib: float = Field(gt=0, le=4096, description="size of the weights file(s)")
+    tied_embeddings: bool = False
+
+
+class Requirements(_Strict):
+    min_vram_gib: float = Field(0, ge=0, le=4096)
+    min_ram_gib: float = Field(0, ge=0, le=65536)
+
+
+class Preset(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field("", max_length=1000)
+    backend: Literal["llama_cpp", "transformers"]
+    quantization: str = Field(min_length=1, max_length=30)
+    model: ModelSource
+    shape: Optional[ShapeHint] = None
+    requirements: Requirements = Requirements()
+    load: dict[str, Any] = Field(default_factory=dict)
+    sampling: SamplingOptions = SamplingOptions()
+
+    @field_validator("load", mode="before")
+    @classmethod
+    def _auto_means_none(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (None if v == "auto" else v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _load_options_valid(self) -> "Preset":
+        options_model = LOAD_OPTION_MODELS.get(self.backend)
+        if options_model is not None:
+            self.load_options()  # raises a ValueError naming the bad field
+        return self
+
+    def load_options(self) -> BaseModel:
+        options_model = LOAD_OPTION_MODELS.get(self.backend)
+        if options_model is None:
+            raise ValueError(f"the {self.backend} backend is not available in this version")
+        try:
+            return options_model(**self.load)
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(exc, "load options").replace("Invalid load options: ", "load.")) from None
+
+
+class PresetError(ValueError):
+    """A preset file that cannot be used; the message names the file and the field."""
+
+
+def parse_preset(data: object, source: str) -> Preset:
+    if not isinstance(data, dict):
+        raise PresetError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return Preset(**data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "preset"
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{loc}: {msg}")
+        raise PresetError(f"{source}: " + "; ".join(problems)) from None
+
+
+_QUANT_BITS = {"Q2_K": 3.0, "Q3_K_M": 3.9, "Q4_0": 4.55, "Q4_K_S": 4.6, "Q4_K_M": 4.85, "Q5_K_M": 5.7,
+               "Q6_K": 6.6, "Q8_0": 8.5, "F16": 16.0, "BF16": 16.0}
+
+
+def shape_from_hint(hint: ShapeHint, name: str, quantization: str) -> ModelShape:
+    """An approximate ModelShape: the file's bytes spread over embeddings, head and blocks."""
+    total = int(hint.file_gib * GIB)
+    bits = _QUANT_BITS.get(quantization.upper(), 4.85)
+    embd = int(hint.n_vocab * hint.n_embd * bits / 8)
+    head = embd if hint.tied_embeddings else int(hint.n_vocab * hint.n_embd * max(bits, 6.56) / 8)
+    blocks = max(total - embd - (0 if hint.tied_embeddings else head), hint.n_layer)
+    per_block = blocks // hint.n_layer
+    head_dim = hint.n_embd // hint.n_head
+    return ModelShape(
+        name=name, architecture=hint.architecture, n_layer=hint.n_layer, n_embd=hint.n_embd, n_head=hint.n_head,
+        n_head_kv=(hint.n_head_kv,) * hint.n_layer, head_dim_k=head_dim, head_dim_v=head_dim, n_ff=hint.n_ff,
+        n_vocab=hint.n_vocab, n_ctx_train=hint.n_ctx_train, block_bytes=(per_block,) * hint.n_layer,
+        token_embd_bytes=embd, output_bytes=head, other_bytes=0, output_tied=hint.tied_embeddings,
+        quantization=quantization, file_bytes=total)
+
+
+def repo_folder(repo: str) -> str:
+    """The folder a Hub repo's files live in, inside the models folder: ``owner--name``."""
+    return repo.replace("/", "--")
+
+
+def match_local(source: ModelSource, library: list[tuple[str, str]]) -> Optional[str]:
+    """Find the preset's model among ``(name relative to the models folder, absolute path)``.
+
+    Matching is by name only: the preset never becomes a path by itself.
+    """
+    if source.embedded:
+        return next((p for rel, p in library if rel == EMBEDDED_KEY), None)
+    if source.path:
+        wanted = source.path.strip("/")
+        for rel, absolute in library:
+            if rel == wanted or absolute == source.path:
+                return absolute
+        return None
+    folder = repo_folder(source.repo) + "/"
+    pattern = source.file or "*.gguf"
+    candidates = [(rel, p) for rel, p in library if rel.startswith(folder)
+                  and fnmatch.fnmatch(rel[len(folder):], pattern)]
+    candidates = candidates or [(rel, p) for rel, p in library if fnmatch.fnmatch(rel.rsplit("/", 1)[-1], pattern)]
+    # Split GGUFs: the first shard stands for the model.
+    candidates.sort(key=lambda c: c[0])
+    return candidates[0][1] if candidates else None
+
+
+@dataclass(frozen=True)
+class RankedPreset:
+    key: str
+    preset: Preset
+    plan: Optional[Plan]
+    local_path: Optional[str]
+    exact_shape: bool          # planned from the file's own header (else from the preset's hint)
+    problem: str = ""          # why no plan could be made
+
+
+_FIT_ORDER = {"full_gpu": 0, "partial": 1, "cpu_only": 2, "no_fit": 3}
+
+
+def rank(entries: list[RankedPreset]) -> list[RankedPreset]:
+    """Best first: what fits on the GPU, then partial, CPU only, does not fit, unplannable;
+    within a class the faster first."""
+    def key(entry: RankedPreset):
+        if entry.plan is None:
+            return (5, 0.0, entry.preset.name)
+        return (_FIT_ORDER[entry.plan.fit], -entry.plan.tokens_per_s, entry.preset.name)
+    return sorted(entries, key=key)
+
+
+def check_requirements(preset: Preset, hw: Hardware) -> list[str]:
+    problems = []
+    vram = max((g.total_bytes for g in hw.gpus), default=0) / GIB
+    if preset.requirements.min_vram_gib and vram < preset.requirements.min_vram_gib:
+        problems.append(f"wants a GPU with {preset.requirements.min_vram_gib:g} GiB; this one has {vram:.1f}")
+    ram = hw.ram_total_bytes / GIB
+    if preset.requirements.min_ram_gib and ram < preset.requirements.min_ram_gib:
+        problems.append(f"wants {preset.requirements.min_ram_gib:g} GiB of RAM; this machine has {ram:.1f}")
+    return problems
+
+
+PlanFn = Callable[[Preset, ModelShape, Hardware], Plan]

@@ -1,0 +1,1 @@
+"""Developer tools used by tests and benchmarks (not by the app)."""
