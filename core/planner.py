@@ -29,17 +29,20 @@ Goal = Literal["fastest", "context"]
 
 @dataclass(frozen=True)
 class Calibration:
-    """Constants of the model above. Defaults are measured (docs/BENCHMARKS.md); the app replaces
-    them with what it learns on this machine."""
-    gpu_overhead_bytes: int = 600 * MIB       # CUDA context + runtime per GPU (597 MiB H100)
+    """Constants of the model above. The defaults were fitted to a sweep of real loads on an H100
+    (bench/results/gpu/sweep.json, docs/BENCHMARKS.md); the app replaces the GPU overhead with what
+    it measures on this machine (services.calibration)."""
+    gpu_overhead_bytes: int = 598 * MIB       # CUDA context + runtime per GPU (597-599 MiB measured)
     host_overhead_bytes: int = 400 * MIB      # the worker process itself (Python, llama.cpp code)
-    gpu_efficiency: float = 0.80              # share of peak GPU bandwidth reached in decode
-    gpu_layer_overhead_s: float = 70e-6       # kernel launches and syncs per offloaded layer per token
-    cpu_efficiency: float = 0.55              # share of RAM bandwidth reached in decode
+    gpu_efficiency: float = 0.62              # share of peak GPU bandwidth reached in decode
+    gpu_layer_overhead_s: float = 48e-6       # kernel launches and syncs per offloaded layer per token
+    gpu_quantized_kv_layer_s: float = 17e-6   # extra per GPU layer per token with a q8_0/q4_0 KV cache
+    cpu_efficiency: float = 0.62              # share of measured RAM bandwidth reached in decode
     cpu_core_bytes_per_s: float = 4.5e9       # quantised weights one core can multiply per second
+    sampling_s_per_vocab: float = 6.2e-9      # sampling over the vocabulary, per token
     partial_sync_s: float = 150e-6            # per token, when the model is split GPU/CPU
     default_ram_bandwidth: float = 20e9       # when the machine's is unknown
-    vram_margin_bytes: int = 512 * MIB        # kept free on the GPU
+    vram_margin_bytes: int = 256 * MIB        # kept free on the GPU (predictions are within ~64 MiB)
     ram_margin_bytes: int = 1 * GIB           # kept free in RAM
     eval_context: int = 256                   # context at which decode speed is predicted
 
@@ -55,7 +58,7 @@ def default_context(shape: ModelShape, requested: Optional[int] = None) -> int:
 
 
 def compute_buffer_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int = 512, flash_attn: bool = True) -> int:
-    """llama.cpp's worst-case compute buffer for one ubatch (fitted to its dry runs)."""
+    """llama.cpp's worst-case compute buffer for one ubatch on the CPU (fitted to its dry runs)."""
     ub = n_ubatch
     logits = ub * 4 * (shape.n_vocab + 2 * shape.n_embd)
     ffn = ub * 4 * (3 * shape.n_ff + 4 * shape.n_embd)
@@ -63,6 +66,26 @@ def compute_buffer_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int = 512, fla
         return max(logits, ffn + pad_ctx(n_ctx) * ub * 2)
     attention = pad_ctx(n_ctx) * ub * (4 * shape.n_head + 4) + ub * 4 * 7 * shape.n_embd
     return max(logits, ffn, attention)
+
+
+def gpu_compute_buffers(shape: ModelShape, n_ctx: int, n_gpu_layers: int, n_ubatch: int = 512,
+                        flash_attn: bool = True) -> tuple[int, int]:
+    """(GPU, pinned host) compute buffers of a GPU build (fitted to CUDA loads on an H100).
+
+    Even with no layer offloaded a CUDA build reserves GPU memory: large prompt matmuls are
+    offloaded, which stages the output head (the largest CPU weight) on the GPU.
+    """
+    ub = n_ubatch
+    host = 2 * ub * 4 * shape.n_embd + pad_ctx(n_ctx) * ub * 2
+    if n_gpu_layers == 0:
+        return shape.output_bytes + ub * 4 * (shape.n_vocab + shape.n_embd), host
+    full = max(ub * 4 * (shape.n_vocab + shape.n_embd),
+               ub * 4 * (3 * shape.n_ff + 3 * shape.n_embd) + pad_ctx(n_ctx) * ub * 2)
+    if not flash_attn:
+        full = max(full, pad_ctx(n_ctx) * ub * (4 * shape.n_head + 4) + ub * 4 * 7 * shape.n_embd)
+    if n_gpu_layers < shape.n_layer + 1:
+        full += 2 * ub * 4 * shape.n_embd  # activations crossing between the devices
+    return full, host
 
 
 def kv_bytes(shape: ModelShape, layers: Iterable[int], n_ctx: int, kv_type: str) -> int:
@@ -98,11 +121,12 @@ def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str
         gpu_bytes += head
     else:
         cpu_bytes += head
-    seconds = 0.0
+    seconds = shape.n_vocab * cal.sampling_s_per_vocab
     if gpu_bytes:
         gpu = hw.gpus[0]
         bandwidth = (gpu.bandwidth_bytes_per_s or 300e9) * cal.gpu_efficiency
-        seconds += gpu_bytes / bandwidth + cal.gpu_layer_overhead_s * (len(split.gpu_blocks) + 1)
+        per_layer = cal.gpu_layer_overhead_s + (cal.gpu_quantized_kv_layer_s if kv_type != "f16" else 0.0)
+        seconds += gpu_bytes / bandwidth + per_layer * (len(split.gpu_blocks) + 1)
     if cpu_bytes:
         ram_bw = (hw.ram_bandwidth_bytes_per_s or cal.default_ram_bandwidth) * cal.cpu_efficiency
         rate = min(ram_bw, max(hw.cpu_physical_cores, 1) * cal.cpu_core_bytes_per_s)
@@ -131,21 +155,23 @@ def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_
              + (0 if split.output_on_gpu else shape.output_bytes - tied_copy))
     if compute_override is not None:
         c_gpu, c_cpu = compute_override
+    elif hw.can_offload:
+        c_gpu, c_cpu = gpu_compute_buffers(shape, n_ctx, ngl, n_ubatch, flash_attn)
     else:
-        full = compute_buffer_bytes(shape, n_ctx, n_ubatch, flash_attn)
-        c_gpu = full if on_gpu else 0
-        c_cpu = full if split.cpu_blocks or not on_gpu else n_ubatch * 4 * shape.n_embd
+        c_gpu, c_cpu = 0, compute_buffer_bytes(shape, n_ctx, n_ubatch, flash_attn)
+    # A GPU build holds a CUDA context and compute buffers even with no layer offloaded.
+    uses_gpu = on_gpu or (hw.can_offload and c_gpu > 0)
     gpu = MemoryBreakdown(w_gpu, kv_bytes(shape, split.gpu_blocks, n_ctx, kv_type), c_gpu,
-                          cal.gpu_overhead_bytes if on_gpu else 0)
+                          cal.gpu_overhead_bytes if uses_gpu else 0)
     cpu = MemoryBreakdown(w_cpu, kv_bytes(shape, split.cpu_blocks, n_ctx, kv_type), c_cpu,
                           cal.host_overhead_bytes + shape.n_vocab * 4)
     tokens_per_s = 1.0 / _decode_seconds(shape, hw, split, kv_type, cal)
 
     ram_budget = hw.ram_available_bytes - cal.ram_margin_bytes
     vram_budget = (hw.gpus[0].free_bytes - cal.vram_margin_bytes) if hw.gpus else 0
-    if cpu.total > ram_budget or (on_gpu and gpu.total > vram_budget):
+    if cpu.total > ram_budget or (uses_gpu and gpu.total > vram_budget):
         fit = "no_fit"
-        if on_gpu and gpu.total > vram_budget:
+        if uses_gpu and gpu.total > vram_budget:
             reasons.append(f"needs {gpu.total / GIB:.1f} GiB on the GPU; {max(vram_budget, 0) / GIB:.1f} GiB "
                            f"are free after a {cal.vram_margin_bytes // MIB} MiB margin")
         if cpu.total > ram_budget:
