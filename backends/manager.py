@@ -12,13 +12,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generator, Literal, Optional
+from typing import Callable, Generator, Literal, Optional, Protocol
 
 from backends.base import (Backend, BackendError, ChatStream, LoadSpec, ModelInfo, ModelLoadError,
                            NotLoadedError, WorkerCrashed)
 from core.generation import GenerationProgress, GenerationStats
 from core.gguf_header import GGUFError
 from core.options import SamplingOptions
+from core.plan import Plan
 from services.gguf_file import read_header
 
 Status = Literal["empty", "loading", "ready", "failed", "crashed"]
@@ -35,6 +36,13 @@ class ManagerState:
     info: Optional[ModelInfo] = None
     error: Optional[str] = None
     generating: bool = False
+    plan: Optional[Plan] = None  # the planner's prediction for the loaded model
+
+
+class LoadPlannerHook(Protocol):
+    def prepare(self, spec: LoadSpec) -> tuple[LoadSpec, Optional[Plan]]: ...
+
+    def learn(self, info: ModelInfo) -> object: ...
 
 
 def _default_factory(name: str) -> Backend:
@@ -44,8 +52,10 @@ def _default_factory(name: str) -> Backend:
 
 
 class ModelManager:
-    def __init__(self, backend_factory: Callable[[str], Backend] = _default_factory) -> None:
+    def __init__(self, backend_factory: Callable[[str], Backend] = _default_factory,
+                 planner: Optional[LoadPlannerHook] = None) -> None:
         self._factory = backend_factory
+        self._planner = planner
         self._backend: Optional[Backend] = None
         self._busy = threading.Lock()
         self._state = ManagerState("empty")
@@ -75,19 +85,24 @@ class ModelManager:
 
     # -- load / unload ---------------------------------------------------------------------
     def load(self, spec: LoadSpec, busy_timeout_s: float = 1.0) -> ModelInfo:
-        if spec.backend == "llama_cpp":
-            try:
-                read_header(spec.model_path)
-            except GGUFError as exc:
-                msg = f"Cannot load {Path(spec.model_path).name}: {exc}"
-                if self.state().status != "ready":  # a loaded model stays loaded
-                    self._set(status="failed", error=msg)
-                raise ModelLoadError(msg) from None
+        plan = None
+        try:
+            if spec.backend == "llama_cpp":
+                try:
+                    read_header(spec.model_path)
+                except GGUFError as exc:
+                    raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
+            if self._planner is not None:
+                spec, plan = self._planner.prepare(spec)
+        except ModelLoadError as exc:
+            if self.state().status != "ready":  # a loaded model stays loaded
+                self._set(status="failed", error=str(exc))
+            raise
         if not self._busy.acquire(timeout=busy_timeout_s):
             raise BusyError("A reply is being generated or a model is loading; press Stop or wait, then load again.")
         self._settled.clear()
         try:
-            self._set(status="loading", spec=spec, info=None, error=None)
+            self._set(status="loading", spec=spec, info=None, error=None, plan=None)
             if self._backend is not None and self._backend.name != spec.backend:
                 self._backend.unload()
                 self._backend = None
@@ -98,7 +113,7 @@ class ModelManager:
             except BackendError as exc:
                 self._set(status="failed", info=None, error=str(exc))
                 raise
-            self._set(status="ready", info=info, error=None)
+            self._set(status="ready", info=info, error=None, plan=plan)
             return info
         finally:
             self._settled.set()
@@ -130,7 +145,7 @@ class ModelManager:
         try:
             if self._backend is not None:
                 self._backend.unload()
-            self._set(status="empty", info=None, error=None, spec=None)
+            self._set(status="empty", info=None, error=None, spec=None, plan=None)
         finally:
             self._busy.release()
 
@@ -174,6 +189,11 @@ class ModelManager:
                 self._last_stats = stream.stats
             self._set(generating=False)
             self._busy.release()
+            info = self.state().info
+            if self._planner is not None and info is not None and stream.stats is not None:
+                # After the first decode NVML shows the worker's real VRAM: learn from it, off the
+                # request path.
+                threading.Thread(target=self._planner.learn, args=(info,), daemon=True).start()
 
     @staticmethod
     def _not_ready_message(state: ManagerState) -> str:

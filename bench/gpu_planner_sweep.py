@@ -118,7 +118,7 @@ def grid(n_layer: int, quick: bool) -> list[tuple[int, int, str]]:
 
 
 def main() -> int:
-    from cli.plan import gguf_shape
+    from services.model_files import gguf_shape
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", required=True, help="NAME=PATH")

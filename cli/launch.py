@@ -25,9 +25,14 @@ def default_spec(settings: AppSettings) -> LoadSpec | None:
 def make_context(settings: AppSettings):
     from ui.context import AppContext
 
-    manager = ModelManager()
+    from services.hardware import probe
+    from services.load_planning import LoadPlanner, cached_probe
+
+    hardware = cached_probe(functools.partial(probe, settings.models_dir))
+    manager = ModelManager(planner=LoadPlanner(settings.data_dir, hardware))
     catalog = functools.partial(build_catalog, settings.cli_model, settings.models_dir)
-    return AppContext(settings=settings, manager=manager, catalog=catalog)
+    return AppContext(settings=settings, manager=manager, catalog=catalog, hardware=hardware,
+                      loaded_plan=lambda: manager.state().plan)
 
 
 def launch(settings: AppSettings, started: float) -> int:

@@ -18,11 +18,12 @@ from pathlib import Path
 from cli.args import OneLineParser, UsageError
 from core.gguf_header import GGUFError
 from core.hardware import GIB, GpuInfo, Hardware
-from core.model_shape import ModelShape, shape_from_headers, split_info
+from core.model_shape import ModelShape
 from core.plan import Plan
 from core.planner import Calibration, evaluate, optimise
 from core.presets import PresetError
 from core.options import KV_TYPES
+from services.model_files import gguf_shape
 from services.paths import project_root
 
 DEFAULT_GPU_BANDWIDTH = 400e9
@@ -46,18 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="where calibration is kept (default: the app's)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     return p
-
-
-def gguf_shape(path: Path) -> ModelShape:
-    from services.gguf_file import read_header
-
-    paths = [path]
-    info = split_info(path.name)
-    if info:
-        stem, _, count = info
-        paths = [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
-    headers = [read_header(p) for p in paths]
-    return shape_from_headers(headers, name=path.name, file_bytes=sum(p.stat().st_size for p in paths))
 
 
 def machine(args: argparse.Namespace) -> Hardware:

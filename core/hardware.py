@@ -43,6 +43,7 @@ class Hardware:
     disk_free_bytes: Optional[int] = None
     llama_gpu_offload: bool = False  # the installed llama.cpp can offload to a GPU
     source: str = "probe"           # "probe" or "profile:<name>"
+    label: str = ""                 # a human name for a described machine
     notes: tuple[str, ...] = ()     # e.g. "no NVIDIA driver found: CPU only"
 
     @property

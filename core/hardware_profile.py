@@ -55,7 +55,7 @@ class HardwareProfile(_Strict):
             cpu_name=self.description or self.name, cpu_physical_cores=self.cpu_cores,
             cpu_logical_cores=self.cpu_cores, cpu_flags=frozenset(self.cpu_flags),
             ram_bandwidth_bytes_per_s=self.ram_bandwidth_gb_s * 1e9, llama_gpu_offload=bool(gpus),
-            source=f"profile:{key or self.name}",
+            source=f"profile:{key or self.name}", label=self.name,
         )
 
 

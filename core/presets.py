@@ -203,7 +203,8 @@ def check_requirements(preset: Preset, hw: Hardware) -> list[str]:
     problems = []
     vram = max((g.total_bytes for g in hw.gpus), default=0) / GIB
     if preset.requirements.min_vram_gib and vram < preset.requirements.min_vram_gib:
-        problems.append(f"wants a GPU with {preset.requirements.min_vram_gib:g} GiB; this one has {vram:.1f}")
+        have = f"this one has {vram:.1f}" if hw.gpus else "this machine has none"
+        problems.append(f"wants a GPU with {preset.requirements.min_vram_gib:g} GiB; {have}")
     ram = hw.ram_total_bytes / GIB
     if preset.requirements.min_ram_gib and ram < preset.requirements.min_ram_gib:
         problems.append(f"wants {preset.requirements.min_ram_gib:g} GiB of RAM; this machine has {ram:.1f}")

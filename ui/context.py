@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Optional
 
 from backends.manager import ModelManager
 from core.model_catalog import ModelCatalog
+from core.plan import Plan
 from core.settings import AppSettings
 
 
@@ -46,3 +47,9 @@ class AppContext:
     manager: ModelManager
     catalog: Callable[[], ModelCatalog]  # rescans the disk on each call
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
+    # This machine, probed (cached for a few seconds: free VRAM changes). None in tests that need none.
+    hardware: Optional[Callable[[], Any]] = None
+    # Resources tab: makes the app's one sampler (None: psutil + NVML over ``manager``; tests pass fakes),
+    # and gives the planner's prediction for the loaded model (None until the planner provides one).
+    sampler_factory: Optional[Callable[["AppContext"], Any]] = None
+    loaded_plan: Callable[[], Optional[Plan]] = field(default=lambda: None)

@@ -1,13 +1,40 @@
-"""Presets tab (issue 3 fills it): hardware at a glance, presets ranked for this machine."""
+"""Presets tab: this machine at a glance, every preset ranked for it (or for a described machine)
+with a fit badge, predicted VRAM, RAM and tokens/s and the reasons; load one. Wiring only."""
 from __future__ import annotations
 
 import gradio as gr
 
+from ui import presets_handlers as h
 from ui.context import AppContext
 
 
 def build(ctx: AppContext) -> None:
-    gr.Markdown(
-        "### Presets\n"
-        "Coming next: YAML presets (GGUF Q4_K_M via llama.cpp, NF4 and GPTQ via transformers) ranked for "
-        "this machine, each with a fit badge and predicted VRAM, RAM and tokens/s.")
+    gr.Markdown("### Presets ranked for your hardware\nPredictions come from the model files' own headers when "
+                "they are on disk, else from the preset's description. Pick another machine to ask *what if*.")
+    machine_labels = list(h.machines(ctx)[0])
+    with gr.Row():
+        machine = gr.Dropdown(machine_labels, value=machine_labels[0] if machine_labels else None,
+                              label="Machine", elem_id="presets-machine", scale=3)
+        goal = gr.Radio(list(h.GOALS), value="Fastest", label="Goal", elem_id="presets-goal", scale=2)
+        refresh_btn = gr.Button("Refresh", elem_id="presets-refresh", size="sm", scale=1)
+    hardware = gr.Markdown(elem_id="presets-hardware")
+    table = gr.HTML(elem_id="presets-table")
+    problems = gr.Markdown(elem_id="presets-problems")
+    with gr.Row():
+        choice = gr.Dropdown(label="Preset to load (on this machine)", elem_id="presets-choice", scale=4)
+        load_btn = gr.Button("Load", variant="primary", elem_id="presets-load", scale=1)
+    status = gr.Markdown(elem_id="presets-status")
+
+    def on_refresh(machine_label, goal_label):
+        return h.refresh(ctx, machine_label, goal_label)
+
+    def on_load(key):
+        return h.load_preset(ctx, key)
+
+    outputs = [hardware, table, problems, choice]
+    inputs = [machine, goal]
+    gr.on([machine.change, goal.change, refresh_btn.click], on_refresh, inputs, outputs, api_name="rank_presets",
+          concurrency_limit=2)
+    load_btn.click(on_load, choice, status, api_name="load_preset", concurrency_limit=1,
+                   concurrency_id="model-admin")
+    return lambda app, tabs: tabs["presets"].select(on_refresh, inputs, outputs, api_visibility="private")

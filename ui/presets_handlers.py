@@ -1,0 +1,159 @@
+"""Presets tab handlers: rank the presets for this machine (or a described one), load one.
+Plain functions of (context, inputs); every input is checked here."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+
+from backends.base import BackendError, LoadSpec
+from core.hardware import GIB, Hardware
+from core.plan import Plan
+from core.preset_plans import plan_preset
+from core.presets import EMBEDDED_KEY, Preset, RankedPreset, rank
+from services.hardware import list_profiles
+from services.model_files import gguf_shape
+from services.paths import project_root
+from services.presets_loader import load_presets
+from ui.context import AppContext
+from ui.status import format_status
+
+THIS_MACHINE = "This machine"
+GOALS = {"Fastest": "fastest", "Longest context": "context"}
+BADGE_COLOURS = {"full_gpu": "#15803d", "partial": "#b45309", "cpu_only": "#1d4ed8", "no_fit": "#b91c1c"}
+
+
+def _folders(ctx: AppContext, name: str) -> list[Path]:
+    return [project_root() / name, ctx.settings.data_dir / name]
+
+
+def load_all_presets(ctx: AppContext) -> tuple[dict[str, Preset], list[str]]:
+    return load_presets(_folders(ctx, "presets"))
+
+
+def machines(ctx: AppContext) -> tuple[dict[str, Hardware], list[str]]:
+    """This machine first, then the hardware profiles, by label."""
+    found: dict[str, Hardware] = {}
+    errors: list[str] = []
+    if ctx.hardware is not None:
+        found[THIS_MACHINE] = ctx.hardware()
+    for folder in _folders(ctx, "profiles"):
+        if folder.is_dir():
+            profiles, problems = list_profiles(folder)
+            errors += problems
+            for hw in profiles.values():
+                found[f"What if: {hw.label}"] = hw
+    return found, errors
+
+
+def _library(ctx: AppContext) -> list[tuple[str, str]]:
+    out = []
+    for entry in ctx.catalog().entries:
+        out.append((EMBEDDED_KEY if entry.source == "embedded" else entry.name, entry.path))
+    return out
+
+
+def _read_shape(path: str):
+    return gguf_shape(Path(path))
+
+
+def hardware_summary(hw: Hardware) -> str:
+    parts = []
+    for gpu in hw.gpus:
+        bandwidth = f", {gpu.bandwidth_bytes_per_s / 1e9:.0f} GB/s" if gpu.bandwidth_bytes_per_s else ""
+        parts.append(f"**{gpu.name}**: {gpu.free_bytes / GIB:.1f} of {gpu.total_bytes / GIB:.1f} GiB free{bandwidth}")
+    if not hw.gpus:
+        parts.append("**No GPU**")
+    flags = ", ".join(sorted(f.upper() for f in hw.cpu_flags if f in ("avx2", "avx512f", "amx_tile"))) or "no AVX2"
+    parts.append(f"**RAM** {hw.ram_available_bytes / GIB:.1f} of {hw.ram_total_bytes / GIB:.1f} GiB available")
+    parts.append(f"**CPU** {hw.cpu_physical_cores} cores ({flags})")
+    if hw.gpus:
+        parts.append("llama.cpp GPU offload: " + ("yes" if hw.llama_gpu_offload else "**no**"))
+    line = " · ".join(parts)
+    notes = "".join(f"\n\n_{html.escape(n)}_" for n in hw.notes)
+    return line + notes
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB" if n else "–"
+
+
+def _badge(plan: Optional[Plan], problem: str) -> str:
+    if plan is None:
+        return '<span class="fc-badge" style="background:#6b7280">Cannot plan</span>'
+    colour = BADGE_COLOURS[plan.fit]
+    return f'<span class="fc-badge" style="background:{colour}">{html.escape(plan.fit_label)}</span>'
+
+
+def render_table(entries: list[RankedPreset]) -> str:
+    rows = []
+    for e in entries:
+        p = e.plan
+        why = "; ".join(p.reasons) if p else e.problem
+        disk = "on disk" if e.local_path else "not downloaded"
+        cells = [
+            f"<b>{html.escape(e.preset.name)}</b><br><small>{html.escape(e.preset.backend)} · "
+            f"{html.escape(e.preset.quantization)} · {disk}</small>",
+            _badge(p, e.problem),
+            f"{p.n_gpu_layers}/{p.n_layer + 1}" if p else "–",
+            f"{p.n_ctx:,} · {html.escape(p.kv_type)}" if p else "–",
+            _gib(p.vram_bytes) if p else "–",
+            _gib(p.ram_bytes) if p else "–",
+            f"{p.tokens_per_s:.1f}" if p else "–",
+            f"<small>{html.escape(why)}</small>",
+        ]
+        rows.append("<tr data-preset=\"" + html.escape(e.key) + "\">" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("Preset", "Fit", "GPU layers", "Context · KV", "VRAM", "RAM",
+                                             "tokens/s", "Why"))
+    return f'<table class="fc-presets"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def ranked(ctx: AppContext, machine_label: Any, goal_label: Any) -> tuple[list[RankedPreset], Hardware, list[str]]:
+    found, profile_errors = machines(ctx)
+    if machine_label not in found:
+        raise gr.Error("Pick a machine from the list.")
+    if goal_label not in GOALS:
+        raise gr.Error("Pick a goal from the list.")
+    hw = found[machine_label]
+    presets, preset_errors = load_all_presets(ctx)
+    library = _library(ctx)
+    entries = [plan_preset(key, preset, hw, library, _read_shape, goal=GOALS[goal_label])
+               for key, preset in presets.items()]
+    return rank(entries), hw, profile_errors + preset_errors
+
+
+def refresh(ctx: AppContext, machine_label: Any, goal_label: Any) -> tuple[str, str, str, Any]:
+    entries, hw, errors = ranked(ctx, machine_label, goal_label)
+    problems = ""
+    if errors:
+        problems = "**Some files were skipped:**\n" + "\n".join(f"- {html.escape(e)}" for e in errors)
+    choices = [(e.preset.name, e.key) for e in entries]
+    return hardware_summary(hw), render_table(entries), problems, gr.Dropdown(choices=choices,
+                                                                              value=choices[0][1] if choices else None)
+
+
+def load_preset(ctx: AppContext, key: Any) -> str:
+    presets, _ = load_all_presets(ctx)
+    if not isinstance(key, str) or key not in presets:
+        raise gr.Error("Pick a preset from the list.")
+    preset = presets[key]
+    entry = plan_preset(key, preset, ctx.hardware() if ctx.hardware else _no_hardware(), _library(ctx), _read_shape)
+    if entry.local_path is None:
+        where = (f"{preset.model.repo} ({preset.model.file or 'all files'})" if preset.model.repo
+                 else preset.model.path or "the embedded model")
+        raise gr.Error(f"{preset.name} is not on disk yet: download {where} in the Models tab first.")
+    try:
+        options = preset.load_options()
+    except ValueError as exc:
+        raise gr.Error(f"{preset.name}: {exc}") from None
+    try:
+        ctx.manager.load(LoadSpec(entry.local_path, options, backend=preset.backend, display_name=preset.name))
+    except BackendError as exc:
+        gr.Warning(str(exc))
+    return format_status(ctx.manager.state())
+
+
+def _no_hardware() -> Hardware:
+    raise gr.Error("Hardware probing is not available.")
