@@ -7,10 +7,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Generator, Iterator, Optional, Protocol, runtime_checkable
+from typing import Generator, Iterator, Optional, Protocol, Union, runtime_checkable
 
 from core.generation import GenerationProgress, GenerationStats
-from core.options import LoadOptions, SamplingOptions
+from core.options import LOAD_OPTIONS_BY_BACKEND, LoadOptions, SamplingOptions, TransformersLoadOptions
+
+AnyLoadOptions = Union[LoadOptions, TransformersLoadOptions]
 
 
 class BackendError(Exception):
@@ -45,10 +47,21 @@ ERROR_KINDS = {cls.kind: cls for cls in
 
 @dataclass(frozen=True)
 class LoadSpec:
+    """What to load. ``options`` is the options model of ``backend`` (``LOAD_OPTIONS_BY_BACKEND``);
+    a spec made without options gets that backend's defaults."""
     model_path: str
-    options: LoadOptions = field(default_factory=LoadOptions)
+    options: AnyLoadOptions = field(default_factory=LoadOptions)
     backend: str = "llama_cpp"
     display_name: str = ""
+
+    def __post_init__(self) -> None:
+        expected = LOAD_OPTIONS_BY_BACKEND.get(self.backend)
+        if expected is None or isinstance(self.options, expected):
+            return
+        if self.options == LoadOptions():  # the field default: options were not given
+            object.__setattr__(self, "options", expected())
+        else:
+            raise TypeError(f"backend {self.backend!r} takes {expected.__name__}, not {type(self.options).__name__}")
 
     def to_dict(self) -> dict:
         return {"model_path": self.model_path, "options": self.options.model_dump(),
@@ -56,7 +69,8 @@ class LoadSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoadSpec":
-        return cls(data["model_path"], LoadOptions(**data["options"]), data["backend"], data["display_name"])
+        options_model = LOAD_OPTIONS_BY_BACKEND.get(data["backend"], LoadOptions)
+        return cls(data["model_path"], options_model(**data["options"]), data["backend"], data["display_name"])
 
 
 @dataclass(frozen=True)
@@ -132,5 +146,5 @@ class Backend(Protocol):
 
     def unload(self) -> None: ...
 
-    def stream_chat(self, messages: list[dict], params: SamplingOptions,
+    def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
                     cancel: threading.Event) -> ChatStream: ...

@@ -17,10 +17,10 @@ from collections import deque
 from pathlib import Path
 from typing import Generator, Optional
 
-from backends.base import (BufferSize, ChatStream, ModelInfo, ModelLoadError, NotLoadedError, LoadSpec,
-                           PromptTooLongError, TemplateError)
+from backends.base import BufferSize, ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, TemplateError
+from backends.reply_loop import Decoding, check_prompt_fits, reply_stats, stream_reply
 from core.chat_template import TemplateRenderError, TemplateSource, check_template, choose_template, render_chat_template
-from core.generation import GenerationProgress, GenerationStats, StopMatcher, Utf8Assembler, decode_tokens_per_s
+from core.generation import GenerationProgress, GenerationStats, Utf8Assembler
 from core.gguf_header import GGUFError
 from core.llama_log import is_error_line, parse_buffer_line
 from core.options import SamplingOptions
@@ -160,7 +160,7 @@ class LlamaCppEngine:
         self._template = None
 
     # -- generation ------------------------------------------------------------------------
-    def stream_chat(self, messages: list[dict], params: SamplingOptions,
+    def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
                     cancel: threading.Event) -> ChatStream:
         if self._llm is None:
             raise NotLoadedError("No model is loaded.")
@@ -177,12 +177,16 @@ class LlamaCppEngine:
             n = llama_cpp.llama_token_to_piece(vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
         return self._piece_buf.raw[:n]
 
-    def tokenize_prompt(self, messages: list[dict]) -> list[int]:
-        try:
-            prompt = render_chat_template(self._template.text, messages,
-                                          bos_token=self._bos_text, eos_token=self._eos_text)
-        except TemplateRenderError as exc:
-            raise TemplateError(str(exc)) from None
+    def tokenize_prompt(self, messages: list[dict] | str) -> list[int]:
+        """Messages go through the chat template; a string is a raw completion prompt."""
+        if isinstance(messages, str):
+            prompt = messages
+        else:
+            try:
+                prompt = render_chat_template(self._template.text, messages,
+                                              bos_token=self._bos_text, eos_token=self._eos_text)
+            except TemplateRenderError as exc:
+                raise TemplateError(str(exc)) from None
         add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
         return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
 
@@ -202,33 +206,21 @@ class LlamaCppEngine:
         llm.reset()
         return 0
 
-    def _generate(self, messages: list[dict], params: SamplingOptions, cancel: threading.Event,
+    def _generate(self, messages: list[dict] | str, params: SamplingOptions, cancel: threading.Event,
                   progress: GenerationProgress) -> Generator[str, None, GenerationStats]:
         import llama_cpp
 
         llm = self._llm
-        started = progress.started
         tokens = self.tokenize_prompt(messages)
         progress.prompt_tokens = len(tokens)
         n_ctx = llm.n_ctx()
-        if len(tokens) >= n_ctx:
-            raise PromptTooLongError(
-                f"The conversation is {len(tokens)} tokens but the context holds {n_ctx}. "
-                "Clear the chat, shorten it, or load the model with a larger context.")
-
-        def stats(reason: str, completion: int = 0, t_first=None, t_last=None) -> GenerationStats:
-            return GenerationStats(
-                prompt_tokens=len(tokens), completion_tokens=completion,
-                ttft_s=round((t_first or time.monotonic()) - started, 4),
-                decode_tokens_per_s=round(decode_tokens_per_s(completion, t_first, t_last), 2),
-                total_s=round(time.monotonic() - started, 4), n_ctx=n_ctx, finish_reason=reason,
-                cached_prompt_tokens=cached)
+        check_prompt_fits(len(tokens), n_ctx)
 
         cached = self._reuse_prefix(tokens)
         todo = tokens[cached:]
         for i in range(0, len(todo), llm.n_batch):
             if cancel.is_set():
-                return stats("cancelled")
+                return reply_stats(progress.started, len(tokens), n_ctx, "cancelled", cached=cached)
             llm.eval(todo[i: i + llm.n_batch])
 
         llm.set_seed(params.seed if params.seed is not None else random.randrange(2**32 - 1))
@@ -236,36 +228,12 @@ class LlamaCppEngine:
                                     temp=params.temperature, repeat_penalty=params.repeat_penalty)
         vocab = llm._model.vocab
         text = Utf8Assembler()
-        stops = StopMatcher(tuple(params.stop) + self._template.stop)
-        completion, t_first, t_last, reason = 0, None, None, "stop"
+        step = Decoding(sample=lambda: sampler.sample(llm._ctx, -1),
+                        is_end=lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
+                        text=lambda token: text.feed(self._piece(token)), flush=text.flush,
+                        advance=lambda token: llm.eval([token]), context_full=lambda: llm.n_tokens + 1 >= n_ctx)
         try:
-            while True:
-                if cancel.is_set():
-                    reason = "cancelled"
-                    break
-                token = sampler.sample(llm._ctx, -1)
-                now = time.monotonic()
-                t_first = t_first or now
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    break
-                completion += 1
-                t_last = now
-                progress.completion_tokens, progress.first_token_at, progress.last_token_at = completion, t_first, now
-                delta = stops.push(text.feed(self._piece(token)))
-                if delta:
-                    yield delta
-                if stops.stopped:
-                    break
-                if completion >= params.max_tokens:
-                    reason = "length"
-                    break
-                if llm.n_tokens + 1 >= n_ctx:
-                    reason = "context"
-                    break
-                llm.eval([token])
+            return (yield from stream_reply(step, params, self._template.stop, cancel, progress, len(tokens),
+                                            n_ctx, cached))
         finally:
             sampler.close()
-        tail = stops.push(text.flush()) + stops.flush()
-        if tail:
-            yield tail
-        return stats(reason, completion, t_first, t_last)

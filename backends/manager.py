@@ -28,6 +28,11 @@ Status = Literal["empty", "loading", "ready", "failed", "crashed"]
 class BusyError(BackendError):
     kind = "busy"
 
+    def __init__(self, message: str, ahead: int = 0, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.ahead = ahead
+        self.retry_after_s = retry_after_s
+
 
 @dataclass(frozen=True)
 class ManagerState:
@@ -53,9 +58,12 @@ def _default_factory(name: str) -> Backend:
 
 class ModelManager:
     def __init__(self, backend_factory: Callable[[str], Backend] = _default_factory,
-                 planner: Optional[LoadPlannerHook] = None) -> None:
+                 planner: Optional[LoadPlannerHook] = None, max_waiting: int = 8) -> None:
         self._factory = backend_factory
         self._planner = planner
+        self._max_waiting = max_waiting
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self._backend: Optional[Backend] = None
         self._busy = threading.Lock()
         self._state = ManagerState("empty")
@@ -91,6 +99,14 @@ class ModelManager:
                 try:
                     read_header(spec.model_path)
                 except GGUFError as exc:
+                    raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
+            elif spec.backend == "transformers":
+                # Folder checks without heavy imports: pickle-only, remote code, broken shards.
+                from services.hf_repo import RepoError, inspect_repo
+
+                try:
+                    inspect_repo(spec.model_path)
+                except RepoError as exc:
                     raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
             if self._planner is not None:
                 spec, plan = self._planner.prepare(spec)
@@ -154,15 +170,29 @@ class ModelManager:
             self._backend.unload()
 
     # -- generation ------------------------------------------------------------------------
-    def stream_chat(self, messages: list[dict], params: SamplingOptions, cancel: threading.Event,
+    def queue_depth(self) -> int:
+        with self._waiting_lock:
+            return self._waiting
+
+    def stream_chat(self, messages: list[dict] | str, params: SamplingOptions, cancel: threading.Event,
                     wait_s: float = 600.0) -> ChatStream:
-        """Start a reply; waits (up to ``wait_s``, or until cancelled) for a load or another reply."""
-        deadline = time.monotonic() + wait_s
-        while not self._busy.acquire(timeout=0.1):
-            if cancel.is_set():
-                raise BusyError("Cancelled while waiting for the model.")
-            if time.monotonic() > deadline:
-                raise BusyError("The model stayed busy; try again.")
+        """Start a reply (``messages``) or a raw completion (a prompt string); waits (up to ``wait_s``,
+        or until cancelled) for a load or another reply, behind at most ``max_waiting`` others."""
+        with self._waiting_lock:
+            if self._waiting >= self._max_waiting:
+                raise BusyError(f"Busy: {self._waiting} requests are ahead of you; try again shortly.",
+                                ahead=self._waiting, retry_after_s=5 * self._waiting)
+            self._waiting += 1
+        try:
+            deadline = time.monotonic() + wait_s
+            while not self._busy.acquire(timeout=0.1):
+                if cancel.is_set():
+                    raise BusyError("Cancelled while waiting for the model.")
+                if time.monotonic() > deadline:
+                    raise BusyError("The model stayed busy; try again.")
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
         try:
             state = self.state()
             if state.status != "ready" or self._backend is None:

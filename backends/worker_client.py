@@ -181,14 +181,14 @@ class WorkerBackend:
         with self._gen_lock:
             self._stop()
 
-    def stream_chat(self, messages: list[dict], params: SamplingOptions,
+    def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
                     cancel: threading.Event) -> ChatStream:
         if self._proc is None or self._info is None:
             raise NotLoadedError("No model is loaded.")
         progress = GenerationProgress(started=time.monotonic(), n_ctx=self._info.n_ctx)
         return ChatStream(self._stream(messages, params, cancel, progress), progress)
 
-    def _stream(self, messages: list[dict], params: SamplingOptions, cancel: threading.Event,
+    def _stream(self, messages: list[dict] | str, params: SamplingOptions, cancel: threading.Event,
                 progress: GenerationProgress) -> Generator[str, None, GenerationStats]:
         with self._gen_lock:
             req_id = next(self._ids)

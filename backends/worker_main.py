@@ -27,6 +27,10 @@ def make_engine(backend: str):
         from backends.llama_cpp_engine import LlamaCppEngine
 
         return LlamaCppEngine()
+    if backend == "transformers":
+        from backends.transformers_engine import TransformersEngine
+
+        return TransformersEngine()
     raise BackendError(f"unknown backend {backend!r}")
 
 

@@ -99,7 +99,8 @@ def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int) -> dict:
     reply = final[-1]["content"]
     text = reply if isinstance(reply, str) else "".join(p.get("text", "") for p in reply)
     tokens = int(re.search(r"(\d+) tokens", text).group(1))
-    return {"ttft_s": first - start, "tokens_per_s": (tokens - 1) / (last - first), "tokens": tokens}
+    return {"ttft_s": first - start, "tokens_per_s": (tokens - 1) / (last - first), "tokens": tokens,
+            "server_tokens_per_s": float(re.search(r"([\d.]+) tok/s", text).group(1))}  # the worker's own timing
 
 
 def engine_once(engine, prompt: str, max_tokens: int) -> dict:
@@ -115,12 +116,13 @@ def engine_once(engine, prompt: str, max_tokens: int) -> dict:
     return {"ttft_s": stream.stats.ttft_s, "tokens_per_s": stream.stats.decode_tokens_per_s}
 
 
-def start_app(port: int, data_dir: str, threads: int, n_ctx: int) -> tuple[subprocess.Popen, float]:
+def start_app(port: int, data_dir: str, threads: int, n_ctx: int,
+              extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, float]:
     import httpx
 
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", data_dir,
-                             "--threads", str(threads), "--ctx", str(n_ctx)], cwd=ROOT,
+                             "--threads", str(threads), "--ctx", str(n_ctx), *extra], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while True:
         try:

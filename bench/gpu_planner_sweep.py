@@ -1,7 +1,7 @@
 """Planner accuracy on a real GPU: predicted versus measured VRAM and tokens/s.
 
     python bench/gpu_planner_sweep.py --model 7b=/tmp/m/l2-7b.gguf --model 8b=/tmp/m/l31-8b.gguf \
-        --model 70b20=/tmp/m/l70-20.gguf --out /tmp/job/out [--quick]
+        --model 70b20=/tmp/m/l70-20.gguf --out /tmp/job/out [--grid validate | --grid 70b20=near-full]
 
 For every configuration it loads the model through the app's own path (WorkerBackend: a worker
 process running llama-cpp-python), generates a reply, reads the worker's VRAM from NVML after
@@ -106,11 +106,20 @@ def gpu_buffer_bytes(buffers: list[dict]) -> dict:
     return out
 
 
-def grid(n_layer: int, quick: bool) -> list[tuple[int, int, str]]:
+def grid(n_layer: int, name: str, n_ctx_train: int) -> list[tuple[int, int, str]]:
+    """Configurations to measure: ``default`` (the first sweep), ``quick``, ``validate`` (a few per
+    model, for models the constants were not fitted on) and ``near-full`` (every n_gpu_layers near
+    full offload: where budgets bite)."""
     full = n_layer + 1
+    long = min(16384, n_ctx_train)
+    if name == "validate":
+        return [(0, 4096, "f16"), (full // 2, 4096, "f16"), (full, 4096, "f16"), (full, long, "q8_0"),
+                (3 * full // 4, long, "q4_0")]
+    if name == "near-full":
+        return [(ngl, long, kv) for ngl in range(full - 9, full + 1) for kv in ("f16", "q4_0")]
     steps = sorted({0, 1, full // 4, full // 2, 3 * full // 4, full})
     configs = [(ngl, 4096, "f16") for ngl in steps]
-    if not quick:
+    if name == "default":
         configs += [(full, ctx, kv) for ctx in (4096, 32768) for kv in ("f16", "q8_0", "q4_0")
                     if (ctx, kv) != (4096, "f16")]
         configs += [(full // 2, 16384, kv) for kv in ("f16", "q8_0", "q4_0")]
@@ -123,8 +132,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", required=True, help="NAME=PATH")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--budgets", default="8,12,24")
+    ap.add_argument("--grid", default="default", help="MODEL=GRID or GRID for all: default, quick, validate, near-full")
+    ap.add_argument("--no-dry-runs", action="store_true")
+    ap.add_argument("--budgets", default="8,12,24", help="GiB; empty for none")
+    ap.add_argument("--budget-models", default="", help="only these models get budget runs (default all)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     hw = probe()
@@ -141,7 +152,9 @@ def main() -> int:
         name, path = item.split("=", 1)
         shape = gguf_shape(Path(path))
         report["models"][name] = shape.to_dict()
-        for ngl, ctx, kv in grid(shape.n_layer, a.quick):
+        grids = dict(g.split("=", 1) for g in a.grid.split(",") if "=" in g)
+        chosen = grids.get(name, a.grid if "=" not in a.grid else "default")
+        for ngl, ctx, kv in grid(shape.n_layer, chosen, shape.n_ctx_train):
             tokens = 64 if ngl >= shape.n_layer else 24
             t0 = time.monotonic()
             try:
@@ -156,11 +169,12 @@ def main() -> int:
                                                       "seconds", "error")}), flush=True)
             save()
         # Dry runs: llama.cpp's planned compute buffers versus what the real loads reserved.
-        for ngl, ctx, kv in grid(shape.n_layer, True)[-2:] + [(shape.n_layer + 1, 32768, "q8_0")]:
+        for ngl, ctx, kv in ([] if a.no_dry_runs else grid(shape.n_layer, "quick", shape.n_ctx_train)[-2:]):
             report["dry_runs"].append({"model": name, "ngl": ngl, "ctx": ctx, "kv": kv,
                                        "compute": compute_buffers(path, ctx, ngl, kv)})
         save()
-        for budget in [float(b) for b in a.budgets.split(",")]:
+        budget_models = set(filter(None, a.budget_models.split(",")))
+        for budget in ([float(b) for b in a.budgets.split(",") if b] if not budget_models or name in budget_models else []):
             limited = hw.with_budget(vram_bytes=int(budget * GIB))
             plan = optimise(shape, limited, n_ctx=16384 if shape.n_ctx_train >= 16384 else None, cal=cal)
             entry = {"model": name, "budget_gib": budget, "plan": plan.to_dict()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import functools
 import time
+from pathlib import Path
 
 from backends.base import LoadSpec
 from backends.manager import ModelManager
@@ -36,6 +37,7 @@ def make_context(settings: AppSettings):
 
 
 def launch(settings: AppSettings, started: float) -> int:
+    from api import openai_routes
     from cli.serve import _print_urls
     from ui import CSS, build_app
 
@@ -50,12 +52,20 @@ def launch(settings: AppSettings, started: float) -> int:
     app = build_app(ctx)
     app.queue(default_concurrency_limit=4)
     auth = functools.partial(check_credentials, settings.auth) if settings.auth else None
-    app.launch(
+    if settings.share:
+        print("\n" + "!" * 78 + "\nWARNING: --share publishes this app on a public gradio.live address. Anyone who has "
+              "the link\ncan reach the login page. Use strong passwords; stop the app to end the link.\n"
+              + "!" * 78 + "\n", flush=True)
+    _, local_url, share_url = app.launch(
         server_name=settings.host, server_port=settings.port, auth=auth,
         auth_message="FitChat: log in" if auth else None, prevent_thread_lock=True,
-        show_error=True, quiet=True, footer_links=[], allowed_paths=[],
-        blocked_paths=[str(settings.data_dir)], css=CSS, theme="default",
+        show_error=True, quiet=True, footer_links=[], allowed_paths=[], share=settings.share,
+        blocked_paths=[str(settings.data_dir), str(Path.home() / ".cache" / "huggingface")], css=CSS, theme="default",
     )
+    openai_routes.install(app.app, ctx.manager, openai_routes.ApiSettings(settings.api_keys,
+                                                                          settings.listens_beyond_loopback))
+    if share_url:
+        print(f"FitChat public link (login required): {share_url}", flush=True)
     if spec is not None:
         # Started once the server answers: the worker's start-up would otherwise compete with ours.
         ctx.manager.load_in_background(spec)

@@ -10,7 +10,7 @@ from pathlib import Path
 from cli.args import OneLineParser, UsageError, add_option_flags, options_from_args
 from core.gguf_header import GGUFError
 from core.options import LoadOptions
-from core.settings import LOOPBACK, AppSettings, parse_auth_file, parse_auth_pair
+from core.settings import LOOPBACK, AppSettings, parse_api_keys, parse_auth_file, parse_auth_pair
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
@@ -23,8 +23,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     parser.add_argument("--auth", action="append", metavar="USER:PASSWORD",
                         help="a login for the web UI; repeat for more users")
     parser.add_argument("--auth-file", type=Path, help="file with one USER:PASSWORD per line")
+    parser.add_argument("--admin", action="append", metavar="USER",
+                        help="a user who may load, unload, download and delete models (default: the first user)")
+    parser.add_argument("--api-key", action="append", metavar="KEY",
+                        help="a key for the OpenAI-compatible API (/v1); needed when serving beyond this machine")
+    parser.add_argument("--api-key-file", type=Path, help="file with one API key per line")
     parser.add_argument("--insecure-no-auth", action="store_true",
                         help="allow --listen without logins (anyone on the network can use the app)")
+    parser.add_argument("--share", action="store_true",
+                        help="also make a public gradio.live link (needs --auth; anyone with the link can try to log in)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where models and app data live (default ~/.local/share/fitchat)")
     parser.add_argument("--no-default-model", action="store_true",
@@ -46,25 +53,42 @@ def settings_from_args(argv: list[str]) -> AppSettings:
     host = "0.0.0.0" if args.listen else (args.host or LOOPBACK)
 
     auth: list[tuple[str, str]] = []
+    admins: list[str] = list(args.admin or [])
     for pair in args.auth or []:
         try:
             auth.append(parse_auth_pair(pair))
         except ValueError as exc:
             raise UsageError(f"--auth: {exc}") from None
     if args.auth_file:
-        try:
-            auth.extend(parse_auth_file(args.auth_file.read_text(encoding="utf-8")))
-        except OSError as exc:
-            raise UsageError(f"--auth-file {args.auth_file}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise UsageError(f"--auth-file {args.auth_file}: {exc}") from None
+        users, file_admins = parse_file(args.auth_file, "--auth-file", parse_auth_file)
+        auth.extend(users)
+        admins.extend(file_admins)
+    names = [user for user, _ in auth]
+    if len(set(names)) != len(names):
+        raise UsageError("a user is listed twice in --auth / --auth-file")
+    unknown = [a for a in admins if a not in names]
+    if unknown:
+        raise UsageError(f"--admin {unknown[0]!r} is not one of the users given with --auth / --auth-file")
+    if auth and not admins:
+        admins = [auth[0][0]]
+    api_keys = list(args.api_key or [])
+    if args.api_key_file:
+        api_keys.extend(parse_file(args.api_key_file, "--api-key-file", parse_api_keys))
+    try:
+        parse_api_keys("\n".join(api_keys))
+    except ValueError as exc:
+        raise UsageError(f"--api-key: {exc}") from None
 
     settings = AppSettings(
         host=host, port=args.port, data_dir=(args.data_dir or default_data_dir()).expanduser(),
         cli_model=args.model.expanduser() if args.model else None,
-        load_options=options_from_args(LoadOptions, args, load_names), auth=tuple(auth),
-        insecure_no_auth=args.insecure_no_auth, load_default_model=not args.no_default_model,
+        load_options=options_from_args(LoadOptions, args, load_names), auth=tuple(auth), admins=tuple(admins),
+        api_keys=tuple(api_keys), insecure_no_auth=args.insecure_no_auth, share=args.share,
+        load_default_model=not args.no_default_model,
     )
+    if args.share and not settings.auth:
+        raise UsageError("--share makes a public link: it needs --auth or --auth-file (--insecure-no-auth "
+                         "does not apply to public links)")
     if settings.listens_beyond_loopback and not settings.auth and not settings.insecure_no_auth:
         raise UsageError(f"refusing to serve on {host} without logins: add --auth USER:PASSWORD or "
                          "--auth-file FILE (or --insecure-no-auth if you really mean it)")
@@ -76,6 +100,15 @@ def settings_from_args(argv: list[str]) -> AppSettings:
     return settings
 
 
+def parse_file(path: Path, flag: str, parse):
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{flag} {path}: {exc}") from None
+
+
 def _print_urls(settings: AppSettings) -> None:
     from services.network import lan_addresses
 
@@ -83,6 +116,8 @@ def _print_urls(settings: AppSettings) -> None:
         urls = [f"http://{ip}:{settings.port}" for ip in lan_addresses()] or [f"http://<this machine>:{settings.port}"]
         login = "login required" if settings.auth else "NO LOGIN: anyone on the network can use it"
         print(f"FitChat is on your network ({login}):", *urls, sep="\n  ", flush=True)
+        api = "API key required" if settings.api_keys else "API disabled until you pass --api-key"
+        print(f"OpenAI-compatible API at /v1 ({api})", flush=True)
     print(f"FitChat: http://{LOOPBACK if settings.host in ('0.0.0.0', LOOPBACK) else settings.host}:{settings.port}",
           flush=True)
 

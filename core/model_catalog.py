@@ -2,7 +2,7 @@
 to paths, so a name can never become an arbitrary path."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Literal, Optional
 
 Source = Literal["embedded", "command-line", "library"]
@@ -14,6 +14,7 @@ class ModelEntry:
     path: str
     source: Source
     size_bytes: int = 0
+    backend: str = "llama_cpp"  # "transformers" for a safetensors model folder
 
 
 class UnknownModelError(LookupError):
@@ -38,7 +39,7 @@ class ModelCatalog:
             while name in names:
                 name, n = f"{entry.name} ({n})", n + 1
             names.add(name)
-            out.append(ModelEntry(name, entry.path, entry.source, entry.size_bytes))
+            out.append(replace(entry, name=name))
         return cls(tuple(out))
 
     @property

@@ -5,6 +5,7 @@ Every field carries its range (``ge``/``le``) and a description. ``json_schema_e
 """
 from __future__ import annotations
 
+import re
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -155,3 +156,93 @@ def field_specs(model: type[BaseModel]) -> list[dict]:
             "suggest": tuple(extra.get("suggest", ())),
         })
     return specs
+
+
+HfQuantization = Literal["nf4", "int8", "gptq", "bf16", "fp16"]
+HF_QUANTIZATIONS: tuple[str, ...] = ("nf4", "int8", "gptq", "bf16", "fp16")
+MAX_SKIP_MODULES = 16
+_MODULE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$"
+
+
+class TransformersLoadOptions(_Options):
+    """How a safetensors model is loaded (transformers backend)."""
+
+    quantization: HfQuantization = Field(
+        "nf4", title="Quantisation",
+        description="nf4 (bitsandbytes 4-bit), int8 (bitsandbytes 8-bit), gptq (a pre-quantised GPTQ "
+                    "checkpoint), or bf16 / fp16 unquantised.",
+        json_schema_extra={"cli": "--hf-quant"},
+    )
+    compute_dtype: Literal["auto", "bf16", "fp16"] = Field(
+        "auto", title="Compute dtype",
+        description="dtype of the matmuls and of unquantised modules. auto = bf16 on GPUs of compute "
+                    "capability 8.0+ and on CPU, else fp16. Ignored for bf16/fp16 quantisation.",
+        json_schema_extra={"cli": "--hf-compute-dtype"},
+    )
+    double_quant: bool = Field(
+        True, title="Double quantisation",
+        description="NF4 only: quantise the quantisation constants too (about 0.4 bits per weight saved).",
+        json_schema_extra={"cli": "--hf-double-quant"},
+    )
+    n_ctx: Optional[int] = Field(
+        None, ge=128, le=1 << 20, title="Context (tokens)",
+        description="Context window in tokens. Empty = min(4096, the model's trained context).",
+        json_schema_extra={"cli": "--hf-ctx", "step": 128, "empty": "auto"},
+    )
+    gpu_memory_gib: Optional[float] = Field(
+        None, ge=0.0, le=4096.0, title="GPU budget (GiB)",
+        description="Most GPU memory the model may take; modules that do not fit stay in CPU RAM "
+                    "(accelerate offload). Empty = free VRAM less a margin; 0 = CPU only.",
+        json_schema_extra={"cli": "--hf-gpu-gib", "step": 0.5, "empty": "auto"},
+    )
+    cpu_memory_gib: Optional[float] = Field(
+        None, ge=0.0, le=65536.0, title="CPU budget (GiB)",
+        description="Most host RAM the offloaded modules may take. Empty = no limit.",
+        json_schema_extra={"cli": "--hf-cpu-gib", "step": 1, "empty": "none"},
+    )
+    skip_modules: tuple[str, ...] = Field(
+        (), title="Keep unquantised",
+        description=f"nf4/int8: up to {MAX_SKIP_MODULES} module names kept out of quantisation "
+                    "(e.g. lm_head, mlp.down_proj); the output head always is.",
+    )
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", title="Attention",
+        description="auto = flash_attention_2 when installed and the dtype allows it, else sdpa.",
+        json_schema_extra={"cli": "--hf-attn"},
+    )
+    compile: bool = Field(
+        False, title="Static cache + torch.compile",
+        description="Faster decode for a model entirely on one device (meant for GPUs); compiles at "
+                    "load (a minute or more) and allocates the KV cache for the whole context.",
+        json_schema_extra={"cli": "--hf-compile"},
+    )
+    n_threads: Optional[int] = Field(
+        None, ge=1, le=512, title="CPU threads",
+        description="torch threads for CPU work. Empty = all physical cores.",
+        json_schema_extra={"cli": "--hf-threads", "step": 1, "empty": "auto"},
+    )
+    n_batch: int = Field(
+        512, ge=16, le=8192, title="Batch size",
+        description="Prompt tokens processed per step; Stop is checked between steps.",
+        json_schema_extra={"cli": "--hf-batch", "step": 16},
+    )
+
+    @field_validator("skip_modules")
+    @classmethod
+    def _check_skip_modules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > MAX_SKIP_MODULES:
+            raise ValueError(f"at most {MAX_SKIP_MODULES} module names")
+        for name in value:
+            if len(name) > 100 or not re.match(_MODULE_NAME, name):
+                raise ValueError(f"{name[:40]!r} is not a module name like 'lm_head' or 'mlp.down_proj'")
+        return value
+
+    @model_validator(mode="after")
+    def _skip_modules_need_bitsandbytes(self) -> "TransformersLoadOptions":
+        if self.skip_modules and self.quantization not in ("nf4", "int8"):
+            raise ValueError("skip_modules applies to nf4 and int8 only")
+        return self
+
+
+LOAD_OPTIONS_BY_BACKEND: dict[str, type[_Options]] = {
+    "llama_cpp": LoadOptions, "transformers": TransformersLoadOptions}

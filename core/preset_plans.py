@@ -5,6 +5,8 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from core.hardware import Hardware
+from core.hf_model_shape import TensorInfo, dims_from_config, tensors_from_dims
+from core.hub_fit import plan_transformers, transformers_best_ctx
 from core.model_shape import ModelShape
 from core.plan import Plan
 from core.planner import Calibration, Goal, evaluate, optimise
@@ -25,7 +27,47 @@ def plan_llama_cpp(preset: Preset, shape: ModelShape, hw: Hardware, cal: Calibra
                     cal=cal, kv_types=(opts.kv_type,) if fixed_kv else None)
 
 
+def plan_transformers_preset(preset: Preset, shape: ModelShape, hw: Hardware, cal: Calibration = Calibration(),
+                             goal: Goal = "fastest") -> Plan:
+    """transformers: the memory estimator (core.hf_memory) over a Llama-layout tensor table built
+    from the preset's shape (the real table once the folder is on disk, via the Models tab)."""
+    if preset.shape is None:
+        raise ValueError("a transformers preset needs a shape to be planned")
+    hint = preset.shape
+    dims = dims_from_config({
+        "model_type": hint.architecture, "hidden_size": hint.n_embd, "num_hidden_layers": hint.n_layer,
+        "num_attention_heads": hint.n_head, "num_key_value_heads": hint.n_head_kv, "intermediate_size": hint.n_ff,
+        "vocab_size": hint.n_vocab, "max_position_embeddings": hint.n_ctx_train,
+        "tie_word_embeddings": hint.tied_embeddings})
+    opts = preset.load_options()
+    tensors = gptq_tensors(dims) if opts.quantization == "gptq" else tensors_from_dims(dims)
+    plan = plan_transformers(dims, tensors, hw, opts.quantization, opts.n_ctx, cal)
+    if goal == "context" and plan.fit != "no_fit":
+        longest = transformers_best_ctx(dims, tensors, hw, opts.quantization, plan, cal)
+        plan = plan_transformers(dims, tensors, hw, opts.quantization, longest, cal)
+    return replace(plan, goal=goal)
+
+
+def gptq_tensors(dims, bits: int = 4, group_size: int = 128) -> tuple[TensorInfo, ...]:
+    """The tensor table of a 4-bit GPTQ checkpoint of this shape: each linear weight becomes packed
+    int32 ``qweight``/``qzeros``, fp16 ``scales`` and an int32 ``g_idx`` (the AutoGPTQ layout)."""
+    out = []
+    for t in tensors_from_dims(dims, "F16"):
+        if len(t.shape) == 2 and ".layers." in t.name and t.name.endswith("_proj.weight"):
+            rows, cols = t.shape  # (out_features, in_features)
+            base = t.name.removesuffix(".weight")
+            groups = -(-cols // group_size)
+            out += [TensorInfo(f"{base}.qweight", (cols * bits // 32, rows), "I32"),
+                    TensorInfo(f"{base}.qzeros", (groups, rows * bits // 32), "I32"),
+                    TensorInfo(f"{base}.scales", (groups, rows), "F16"),
+                    TensorInfo(f"{base}.g_idx", (cols,), "I32")]
+        else:
+            out.append(t)
+    return tuple(out)
+
+
 PLANNERS["llama_cpp"] = plan_llama_cpp
+PLANNERS["transformers"] = plan_transformers_preset
 
 
 def plan_preset(key: str, preset: Preset, hw: Hardware, library: list[tuple[str, str]],

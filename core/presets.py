@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.hardware import GIB, Hardware
 from core.model_shape import ModelShape
-from core.options import LoadOptions, SamplingOptions, describe_validation_error
+from core.options import LOAD_OPTIONS_BY_BACKEND, SamplingOptions, describe_validation_error
 from core.plan import Plan
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-LOAD_OPTION_MODELS: dict[str, type[BaseModel]] = {"llama_cpp": LoadOptions}
+LOAD_OPTION_MODELS: dict[str, type[BaseModel]] = dict(LOAD_OPTIONS_BY_BACKEND)
 EMBEDDED_KEY = ":embedded:"  # how the library lists the embedded model to match_local
 
 

@@ -20,7 +20,10 @@ class AppSettings:
     cli_model: Optional[Path] = None
     load_options: LoadOptions = field(default_factory=LoadOptions)
     auth: tuple[tuple[str, str], ...] = ()
+    admins: tuple[str, ...] = ()    # users allowed to load, unload, download and delete models
+    api_keys: tuple[str, ...] = ()
     insecure_no_auth: bool = False
+    share: bool = False
     load_default_model: bool = True
 
     @property
@@ -29,7 +32,14 @@ class AppSettings:
 
     @property
     def listens_beyond_loopback(self) -> bool:
-        return self.host not in (LOOPBACK, "localhost", "::1")
+        return self.share or self.host not in (LOOPBACK, "localhost", "::1")
+
+    def is_admin(self, username: Optional[str]) -> bool:
+        """Without logins (this machine only) the one user is the admin; with logins, only the
+        named admins are."""
+        if not self.auth:
+            return True
+        return username is not None and username in self.admins
 
 
 def check_credentials(users: tuple[tuple[str, str], ...], username: str, password: str) -> bool:
@@ -43,26 +53,43 @@ def check_credentials(users: tuple[tuple[str, str], ...], username: str, passwor
     return ok
 
 
+_USER = __import__("re").compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
 def parse_auth_pair(text: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
     if not sep or not user or not password:
         raise ValueError("expected user:password")
+    if not _USER.match(user):
+        raise ValueError("user names may use letters, digits and . _ @ - (64 at most)")
     if len(password) < 8:
         raise ValueError(f"the password for {user!r} is shorter than 8 characters")
     return user, password
 
 
-def parse_auth_file(text: str) -> tuple[tuple[str, str], ...]:
-    """``user:password`` per line; blank lines and ``#`` comments are ignored."""
-    pairs = []
+def parse_auth_file(text: str) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """``user:password`` or ``user:password:admin`` per line (the role, if any, after the last
+    colon); blank lines and ``#`` comments are ignored. Returns (users, admins)."""
+    pairs, admins = [], []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        is_admin = line.endswith(":admin")
         try:
-            pairs.append(parse_auth_pair(line))
+            pairs.append(parse_auth_pair(line.removesuffix(":admin") if is_admin else line))
         except ValueError as exc:
             raise ValueError(f"line {number}: {exc}") from None
+        if is_admin:
+            admins.append(pairs[-1][0])
     if not pairs:
         raise ValueError("no users in the file")
-    return tuple(pairs)
+    return tuple(pairs), tuple(admins)
+
+
+def parse_api_keys(text: str) -> tuple[str, ...]:
+    keys = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    for key in keys:
+        if len(key) < 16:
+            raise ValueError("API keys must be at least 16 characters")
+    return keys

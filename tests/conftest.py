@@ -30,6 +30,14 @@ def embedded_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory, embedded_model) -> Path:
+    """The embedded model as a bf16 safetensors folder (tests/hf_checkpoint.py), once per session."""
+    from tests.hf_checkpoint import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("hf-smollm2") / "SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="session")
 def bad_models(tmp_path_factory, embedded_model) -> dict[str, Path]:
     """Broken and hostile model files, made once per test session."""
     root = tmp_path_factory.mktemp("bad-models")
@@ -128,3 +136,26 @@ def running_app(tmp_path_factory, bad_models):
     app = start_app(["--ctx", "2048"], data_dir)
     yield app
     app.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_hub(tmp_path_factory):
+    """A local Hugging Face Hub (tests/fake_hub.py) serving the repos of tests/hub_repos.py."""
+    from tests.hub_repos import build_hub
+
+    hub = build_hub(tmp_path_factory.mktemp("hub-repos")).start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium driven by Playwright (never ``playwright install``), one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

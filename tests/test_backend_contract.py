@@ -14,7 +14,7 @@ import pytest
 from backends.base import (Backend, LoadSpec, ModelLoadError, NotLoadedError, PromptTooLongError, TemplateError,
                            WorkerCrashed)
 from backends.worker_client import WorkerBackend
-from core.options import LoadOptions, SamplingOptions
+from core.options import LoadOptions, SamplingOptions, TransformersLoadOptions
 
 pytestmark = pytest.mark.real_model
 
@@ -22,11 +22,21 @@ PROMPT = [{"role": "user", "content": "Write a long story about a dragon who lea
 GREEDY = SamplingOptions(temperature=0.0, max_tokens=48, seed=7)
 
 
-@pytest.fixture(scope="module", params=["llama_cpp"])
+# The transformers cases load a bf16 safetensors copy of the same model, made at test time.
+TEMPLATE_ORIGIN = {"llama_cpp": "gguf", "transformers": "tokenizer"}
+
+
+@pytest.fixture(scope="module", params=["llama_cpp", "transformers_bf16", "transformers_nf4"])
 def case(request, embedded_model):
     if request.param == "llama_cpp":
         backend = WorkerBackend("llama_cpp")
         spec = LoadSpec(str(embedded_model), LoadOptions(n_ctx=1024), display_name="smollm2")
+    else:
+        quantization = request.param.removeprefix("transformers_")
+        backend = WorkerBackend("transformers")
+        spec = LoadSpec(str(request.getfixturevalue("hf_checkpoint")),
+                        TransformersLoadOptions(quantization=quantization, n_ctx=1024),
+                        backend="transformers", display_name=f"smollm2 {quantization}")
     yield backend, spec
     backend.unload()
 
@@ -52,7 +62,7 @@ def test_load_reports_the_model(case):
     backend, spec = case
     info = backend.load(spec)
     assert info.n_ctx == 1024 and info.n_ctx_train >= 1024 and info.n_layer > 0
-    assert info.template_origin == "gguf" and info.worker_pid
+    assert info.template_origin == TEMPLATE_ORIGIN[backend.name] and info.worker_pid
     assert backend.info == info
 
 
@@ -175,3 +185,10 @@ def test_progress_counts_tokens_while_streaming(loaded):
     assert stream.progress.prompt_tokens == stream.stats.prompt_tokens
     assert seen == sorted(seen) and 0 < seen[-1] <= stream.stats.completion_tokens
     assert stream.progress.first_token_at is not None and stream.progress.n_ctx == 1024
+
+
+def test_raw_prompt_completion(loaded):
+    stream = loaded.stream_chat("The capital of France is", SamplingOptions(temperature=0.0, max_tokens=8),
+                                threading.Event())
+    text = "".join(stream)
+    assert text and stream.stats.prompt_tokens < 12  # no chat template around it

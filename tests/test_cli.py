@@ -26,6 +26,12 @@ def run_app(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["--listen", "--auth", "admin:short"], "shorter than 8"),
     (["--listen", "--auth-file", "/nonexistent/users"], "--auth-file"),
     (["--listen", "--host", "10.0.0.1", "--auth", "a:12345678"], "either --listen or --host"),
+    (["--listen", "--auth", "a b:12345678"], "user names may use"),
+    (["--listen", "--auth", "alice:12345678", "--admin", "bob"], "'bob' is not one of the users"),
+    (["--listen", "--auth", "a:12345678", "--auth", "a:87654321"], "listed twice"),
+    (["--api-key", "short"], "at least 16 characters"),
+    (["--share"], "--share makes a public link: it needs --auth"),
+    (["--share", "--insecure-no-auth"], "--share makes a public link"),
 ])
 def test_bad_arguments_one_line(args, expected):
     out = run_app(*args)
@@ -52,8 +58,8 @@ def test_help_lists_generated_option_flags():
 
 def test_auth_parsing_and_constant_time_check():
     assert parse_auth_pair("alice:correct horse") == ("alice", "correct horse")
-    users = parse_auth_file("# team\nalice:password1\n\nbob:password2:with:colons\n")
-    assert users == (("alice", "password1"), ("bob", "password2:with:colons"))
+    users, admins = parse_auth_file("# team\nalice:password1:admin\n\nbob:password2:with:colons\n")
+    assert users == (("alice", "password1"), ("bob", "password2:with:colons")) and admins == ("alice",)
     assert check_credentials(users, "bob", "password2:with:colons")
     assert not check_credentials(users, "bob", "password1")
     assert not check_credentials(users, "carol", "password1")

@@ -14,7 +14,7 @@ from backends.base import BackendError, LoadSpec
 from core.chat_history import (History, HistoryError, add_user_message, check_system_prompt, content_text,
                                edit_user_message, for_regenerate, model_messages, to_display, with_reply)
 from core.model_catalog import UnknownModelError
-from core.options import LoadOptions, SamplingOptions
+from core.options import LoadOptions, SamplingOptions, TransformersLoadOptions
 from ui.context import AppContext
 from ui.option_widgets import options_from_values
 from ui.status import format_status
@@ -114,8 +114,12 @@ def load_model(ctx: AppContext, name: Any, load_values: Sequence[Any]) -> str:
     except UnknownModelError as exc:
         raise gr.Error(str(exc)) from None
     options = options_from_values(LoadOptions, LOAD_FIELDS, load_values, "load options")
+    if entry.backend == "transformers":
+        # The panel's fields are llama.cpp's; a transformers folder takes its own defaults (NF4)
+        # with the context asked for.
+        options = TransformersLoadOptions(n_ctx=options.n_ctx)
     try:
-        ctx.manager.load(LoadSpec(entry.path, options, display_name=entry.name))
+        ctx.manager.load(LoadSpec(entry.path, options, backend=entry.backend, display_name=entry.name))
     except BackendError as exc:
         gr.Warning(str(exc))
         state = ctx.manager.state()

@@ -6,6 +6,7 @@ import gradio as gr
 
 from core.options import LoadOptions, SamplingOptions
 from ui import chat_handlers as h
+from ui.access import require_admin
 from ui.context import AppContext
 from ui.option_widgets import build_widgets
 from ui.status import format_status, status_dict
@@ -69,10 +70,12 @@ def build(ctx: AppContext) -> None:
     def on_clear(request: gr.Request):
         return h.clear(ctx, request.session_hash)
 
-    def on_load(name, *values):
+    def on_load(request: gr.Request, name, *values):
+        require_admin(ctx, request, "load a model")
         return h.load_model(ctx, name, values)
 
-    def on_unload():
+    def on_unload(request: gr.Request):
+        require_admin(ctx, request, "unload the model")
         return h.unload_model(ctx)
 
     def on_rescan(selected):

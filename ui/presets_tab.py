@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ui import presets_handlers as h
+from ui.access import require_admin
 from ui.context import AppContext
 
 
@@ -28,7 +29,8 @@ def build(ctx: AppContext) -> None:
     def on_refresh(machine_label, goal_label):
         return h.refresh(ctx, machine_label, goal_label)
 
-    def on_load(key):
+    def on_load(request: gr.Request, key):
+        require_admin(ctx, request, "load a model")
         return h.load_preset(ctx, key)
 
     outputs = [hardware, table, problems, choice]

@@ -7,7 +7,8 @@ from backends.manager import ManagerState
 
 def _placement(info: ModelInfo) -> str:
     if not info.gpu_offload_supported:
-        return "CPU only (this llama.cpp build has no GPU offload)"
+        why = "this llama.cpp build has no GPU offload" if info.backend == "llama_cpp" else "torch sees no CUDA GPU"
+        return f"CPU only ({why})"
     total = info.n_layer + 1  # the blocks plus the output head
     on_gpu = total if info.n_gpu_layers < 0 or info.n_gpu_layers >= total else info.n_gpu_layers
     if on_gpu == 0:

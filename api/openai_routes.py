@@ -1,0 +1,157 @@
+"""OpenAI-compatible API on the app's own server: ``GET /v1/models``, ``POST /v1/chat/completions``
+and ``POST /v1/completions`` (streamed as server-sent events, or whole, with usage and
+finish_reason). Same model manager, queue and option ranges as the UI.
+
+Keys: ``Authorization: Bearer KEY``. On loopback without configured keys the API is open; bound
+beyond loopback it always needs a key (and answers 401 to everyone when none is configured).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+from typing import AsyncIterator, Callable, Optional
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from backends.base import BackendError, ChatStream, NotLoadedError
+from backends.manager import BusyError
+from core.openai_schema import (ApiRequestError, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_response,
+                                completion_response, error_body, new_id, parse_request, usage, FINISH)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class ApiSettings:
+    def __init__(self, keys: tuple[str, ...], beyond_loopback: bool) -> None:
+        self.keys = keys
+        self.beyond_loopback = beyond_loopback
+
+    def authorised(self, header: Optional[str]) -> bool:
+        if not self.keys:
+            return not self.beyond_loopback
+        token = (header or "").removeprefix("Bearer ").strip()
+        ok = False
+        for key in self.keys:  # compare with every key: the time taken reveals nothing
+            ok = hmac.compare_digest(key.encode(), token.encode()) or ok
+        return ok
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", headers: Optional[dict] = None):
+    return JSONResponse(error_body(message, kind), status_code=status, headers=headers)
+
+
+async def _body(request: Request) -> dict:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiRequestError(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        raise ApiRequestError("the request body is not valid JSON") from None
+
+
+def _sse(data: dict | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+def install(app: FastAPI, manager, settings: ApiSettings) -> None:
+    """Add the /v1 routes to ``app`` (the Gradio server's FastAPI app)."""
+
+    def model_name() -> str:
+        state = manager.state()
+        return state.info.name if state.info else ""
+
+    def guard(request: Request) -> Optional[JSONResponse]:
+        if not settings.authorised(request.headers.get("authorization")):
+            message = ("a valid API key is required (Authorization: Bearer KEY)" if settings.keys else
+                       "the API needs a key when the app serves beyond this machine: start with --api-key")
+            return _error(401, message, "authentication_error")
+        return None
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        if (denied := guard(request)) is not None:
+            return denied
+        name = model_name()
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "fitchat"}] if name else []
+        return {"object": "list", "data": data}
+
+    async def run(request: Request, parse: Callable, start: Callable[..., ChatStream], shape: str):
+        if (denied := guard(request)) is not None:
+            return denied
+        try:
+            body = parse(await _body(request))
+            sampling = body.sampling()
+        except ApiRequestError as exc:
+            return _error(400, str(exc))
+        cancel = threading.Event()
+        try:
+            stream = await anyio.to_thread.run_sync(lambda: start(body, sampling, cancel))
+        except BusyError as exc:
+            return _error(503, str(exc), "server_busy", headers={"Retry-After": str(max(1, exc.retry_after_s))})
+        except NotLoadedError as exc:
+            return _error(503, str(exc), "model_not_loaded", headers={"Retry-After": "5"})
+        except BackendError as exc:
+            return _error(400, str(exc))
+        request_id, model = new_id("chatcmpl" if shape == "chat" else "cmpl"), model_name()
+        if body.stream:
+            return StreamingResponse(_stream(request, stream, cancel, request_id, model, shape, body.include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            text = await anyio.to_thread.run_sync(lambda: "".join(stream))
+        except BackendError as exc:
+            return _error(500, str(exc), "server_error")
+        build = chat_response if shape == "chat" else completion_response
+        return build(request_id, model, text, stream.stats)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await run(request, lambda data: parse_request(ChatCompletionRequest, data),
+                         lambda body, sampling, cancel: manager.stream_chat(body.chat_messages(), sampling, cancel),
+                         "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await run(request, lambda data: parse_request(CompletionRequest, data),
+                         lambda body, sampling, cancel: manager.stream_chat(body.prompt, sampling, cancel),
+                         "text")
+
+
+async def _stream(request: Request, stream: ChatStream, cancel: threading.Event, request_id: str, model: str,
+                  shape: str, include_usage: bool) -> AsyncIterator[bytes]:
+    done = object()
+    try:
+        if shape == "chat":
+            yield _sse(chat_chunk(request_id, model, {"role": "assistant", "content": ""}))
+        while True:
+            if await request.is_disconnected():
+                cancel.set()
+                break
+            try:
+                delta = await anyio.to_thread.run_sync(lambda: next(stream, done))
+            except BackendError as exc:
+                yield _sse(error_body(str(exc), "server_error"))
+                break
+            if delta is done:
+                finish = FINISH.get(stream.stats.finish_reason, "stop") if stream.stats else "stop"
+                if shape == "chat":
+                    yield _sse(chat_chunk(request_id, model, {}, finish))
+                    if include_usage:
+                        yield _sse(chat_chunk(request_id, model, {}, usage_data=usage(stream.stats)))
+                else:
+                    yield _sse(completion_response(request_id, model, "", stream.stats, chunk=True))
+                yield _sse("[DONE]")
+                break
+            if shape == "chat":
+                yield _sse(chat_chunk(request_id, model, {"content": delta}))
+            else:
+                yield _sse(completion_response(request_id, model, delta, None, chunk=True))
+    finally:
+        # Also reached when the client disconnects (the response task is cancelled): stop the
+        # generation and release the model, shielded so that the cancellation cannot skip it.
+        cancel.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(stream.close)

@@ -1,0 +1,160 @@
+"""OpenAI-compatible request and response shapes (chat completions and completions).
+
+Requests are validated with the same ranges as the UI (``SamplingOptions``); fields OpenAI clients
+commonly send but FitChat cannot honour (``n`` > 1, tools, logprobs) are refused with a message,
+harmless ones (``user``, ``stream_options``, penalties of 0) accepted.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.chat_history import MAX_MESSAGE_CHARS, MAX_MESSAGES, content_text
+from core.generation import GenerationStats
+from core.options import SamplingOptions, describe_validation_error
+
+
+class ApiRequestError(ValueError):
+    """A request the API answers with HTTP 400 and this message."""
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    model: str = Field("", max_length=200)
+    temperature: Optional[float] = Field(None, ge=0.0, le=5.0)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    max_tokens: Optional[int] = Field(None, ge=1, le=131072)
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=131072)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = Field(None, ge=0, le=2**32 - 2)
+    stream: bool = False
+    stream_options: Optional[dict[str, Any]] = None
+    n: int = Field(1, ge=1, le=1)
+    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported: must be 0")
+    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported: must be 0")
+    logprobs: Optional[bool] = Field(None, description="not supported")
+    tools: Optional[list] = Field(None, max_length=0, description="not supported")
+    # FitChat extensions, same names as its own options
+    top_k: Optional[int] = Field(None, ge=0, le=1000)
+    min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
+    repeat_penalty: Optional[float] = Field(None, ge=0.5, le=2.0)
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: Optional[bool]) -> Optional[bool]:
+        if value:
+            raise ValueError("logprobs are not supported")
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.get("include_usage"))
+
+    def sampling(self) -> SamplingOptions:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        values = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
+                  "repeat_penalty": self.repeat_penalty, "seed": self.seed,
+                  "max_tokens": self.max_completion_tokens or self.max_tokens, "stop": stop}
+        try:
+            return SamplingOptions(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as exc:
+            raise ApiRequestError(describe_validation_error(exc, "request")) from None
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: Union[str, list[dict[str, Any]], None] = None
+
+    @model_validator(mode="after")
+    def _text_only(self) -> "ChatMessageIn":
+        if isinstance(self.content, list):
+            for part in self.content:
+                if part.get("type") not in (None, "text"):
+                    raise ValueError(f"only text content is supported (got {part.get('type')!r})")
+        return self
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+
+    def chat_messages(self) -> list[dict]:
+        out = []
+        for message in self.messages:
+            text = content_text(message.content)
+            if len(text) > MAX_MESSAGE_CHARS:
+                raise ApiRequestError(f"a message is {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}")
+            if "\x00" in text:
+                raise ApiRequestError("a message contains a NUL character")
+            out.append({"role": message.role, "content": text})
+        if out[-1]["role"] == "assistant":
+            raise ApiRequestError("the last message must be from the user (or system)")
+        return out
+
+
+class CompletionRequest(_Request):
+    prompt: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    echo: bool = Field(False, description="not supported")
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("echo is not supported")
+        return value
+
+
+def parse_request(model: type[_Request], data: Any) -> _Request:
+    if not isinstance(data, dict):
+        raise ApiRequestError("the request body must be a JSON object")
+    try:
+        return model(**data)
+    except ValidationError as exc:
+        raise ApiRequestError(describe_validation_error(exc, "request")) from None
+
+
+FINISH = {"stop": "stop", "length": "length", "context": "length", "cancelled": "stop", "error": "stop"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(stats: Optional[GenerationStats]) -> dict:
+    prompt = stats.prompt_tokens if stats else 0
+    completion = stats.completion_tokens if stats else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def chat_response(request_id: str, model: str, text: str, stats: Optional[GenerationStats]) -> dict:
+    return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": FINISH.get(stats.finish_reason, "stop") if stats else "stop"}],
+            "usage": usage(stats)}
+
+
+def chat_chunk(request_id: str, model: str, delta: dict, finish_reason: Optional[str] = None,
+               usage_data: Optional[dict] = None) -> dict:
+    chunk = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if usage_data is None else []}
+    if usage_data is not None:
+        chunk["usage"] = usage_data
+    return chunk
+
+
+def completion_response(request_id: str, model: str, text: str, stats: Optional[GenerationStats],
+                        chunk: bool = False) -> dict:
+    return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None,
+                         "finish_reason": (FINISH.get(stats.finish_reason, "stop") if stats else
+                                           (None if chunk else "stop"))}],
+            **({} if chunk else {"usage": usage(stats)})}
+
+
+def error_body(message: str, kind: str = "invalid_request_error", code: Optional[str] = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}

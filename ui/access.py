@@ -1,0 +1,18 @@
+"""Who may do what. Checked inside each handler (the UI hiding a button is not a control)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import gradio as gr
+
+from ui.context import AppContext
+
+
+def username(request: Optional[gr.Request]) -> Optional[str]:
+    return getattr(request, "username", None) if request is not None else None
+
+
+def require_admin(ctx: AppContext, request: Optional[gr.Request], action: str) -> None:
+    user = username(request)
+    if not ctx.settings.is_admin(user):
+        raise gr.Error(f"Only an admin can {action}; you are logged in as {user or 'nobody'}.")
