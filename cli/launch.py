@@ -32,8 +32,11 @@ def make_context(settings: AppSettings):
     hardware = cached_probe(functools.partial(probe, settings.models_dir))
     manager = ModelManager(planner=LoadPlanner(settings.data_dir, hardware))
     catalog = functools.partial(build_catalog, settings.cli_model, settings.models_dir)
+    from services.chat_store import ChatStore
+
     return AppContext(settings=settings, manager=manager, catalog=catalog, hardware=hardware,
-                      loaded_plan=lambda: manager.state().plan)
+                      loaded_plan=lambda: manager.state().plan,
+                      chat_store=ChatStore(settings.data_dir / "history.sqlite3"))
 
 
 def launch(settings: AppSettings, started: float) -> int:

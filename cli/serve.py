@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -136,7 +137,8 @@ def run(argv: list[str]) -> int:
 
     # Before Gradio is imported: no telemetry or version checks, and a private temp folder.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data_dir / "gradio-tmp"))
+    # Gradio's upload/download cache: private, and outside the data folder, which is blocked from serving.
+    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="fitchat-gradio-"))
     from cli.launch import launch
 
     return launch(settings, started)

@@ -147,3 +147,40 @@ def to_display(history: History) -> list[dict]:
                 text = (text + "\n\n" if text else "") + "\n".join(f"<sub>{line}</sub>" for line in footer)
         out.append({"role": msg.role, "content": text})
     return out
+
+
+EXPORT_VERSION = 1
+MAX_EXPORT_CHARS = 8 * 1024 * 1024
+
+
+def export_chat(history: History, system_prompt: str = "") -> dict:
+    """A JSON-ready copy of a chat (what the export file and the per-user store hold)."""
+    return {"version": EXPORT_VERSION, "system_prompt": system_prompt,
+            "messages": [{"role": m.role, "content": m.content,
+                          **({"stats": m.stats.to_dict()} if m.stats else {}),
+                          **({"error": m.error} if m.error else {})} for m in history]}
+
+
+def import_chat(data: Any) -> tuple[History, str]:
+    """The chat in ``data`` (from ``export_chat``), checked like typed input; HistoryError if not."""
+    if not isinstance(data, dict) or data.get("version") != EXPORT_VERSION:
+        raise HistoryError("This is not a FitChat chat export (version 1).")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or len(messages) > MAX_MESSAGES:
+        raise HistoryError(f"A chat export holds a list of at most {MAX_MESSAGES} messages.")
+    history: list[ChatMessage] = []
+    for i, item in enumerate(messages):
+        if not isinstance(item, dict) or item.get("role") not in ("user", "assistant"):
+            raise HistoryError(f"Message {i + 1}: role must be user or assistant.")
+        content = item.get("content")
+        if not isinstance(content, str) or len(content) > MAX_MESSAGE_CHARS or "\x00" in content:
+            raise HistoryError(f"Message {i + 1}: content must be text of at most {MAX_MESSAGE_CHARS} characters.")
+        stats = None
+        if isinstance(item.get("stats"), dict):
+            try:
+                stats = GenerationStats.from_dict(item["stats"])
+            except (TypeError, ValueError):
+                stats = None
+        error = item.get("error") if isinstance(item.get("error"), str) else None
+        history.append(ChatMessage(item["role"], content, stats, error[:2000] if error else None))
+    return tuple(history), check_system_prompt(data.get("system_prompt", ""))

@@ -12,7 +12,8 @@ import gradio as gr
 
 from backends.base import BackendError, LoadSpec
 from core.chat_history import (History, HistoryError, add_user_message, check_system_prompt, content_text,
-                               edit_user_message, for_regenerate, model_messages, to_display, with_reply)
+                               edit_user_message, export_chat, for_regenerate, import_chat, model_messages,
+                               to_display, with_reply)
 from core.model_catalog import UnknownModelError
 from core.options import LoadOptions, SamplingOptions, TransformersLoadOptions
 from ui.context import AppContext
@@ -134,3 +135,54 @@ def unload_model(ctx: AppContext) -> str:
     except BackendError as exc:
         gr.Warning(str(exc))
     return format_status(ctx.manager.state())
+
+
+MAX_IMPORT_BYTES = 8 * 1024 * 1024
+
+
+def save_chat(ctx: AppContext, user, history: Any, system_prompt: Any) -> None:
+    if ctx.chat_store is not None:
+        system = system_prompt if isinstance(system_prompt, str) else ""
+        ctx.chat_store.save(user, _history(history), system[:50_000])
+
+
+def restore_chat(ctx: AppContext, user) -> tuple[list, History, str]:
+    if ctx.chat_store is None:
+        return [], (), ""
+    history, system = ctx.chat_store.load(user)
+    return to_display(history), history, system
+
+
+def export_chat_file(history: Any, system_prompt: Any) -> str:
+    """Write the chat as JSON into a private temporary file that Gradio then serves once."""
+    import json
+    import tempfile
+
+    data = export_chat(_history(history), system_prompt if isinstance(system_prompt, str) else "")
+    # In a fresh private folder of the system temp dir, the one place Gradio serves outputs from.
+    folder = tempfile.mkdtemp(prefix="fitchat-export-")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="chat-", dir=folder, delete=False,
+                                     encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=False, indent=1)
+    return fh.name
+
+
+def import_chat_file(upload: Any) -> tuple[list, History, str]:
+    """Read an uploaded export (Gradio hands a path inside its own upload cache)."""
+    import json
+    from pathlib import Path
+
+    path = getattr(upload, "name", upload)
+    if not isinstance(path, str):
+        raise gr.Error("Pick a .json chat export to import.")
+    try:
+        raw = Path(path).read_bytes()[: MAX_IMPORT_BYTES + 1]
+    except OSError:
+        raise gr.Error("The uploaded file could not be read.") from None
+    if len(raw) > MAX_IMPORT_BYTES:
+        raise gr.Error(f"The file is larger than {MAX_IMPORT_BYTES // 2**20} MiB.")
+    try:
+        history, system = import_chat(json.loads(raw.decode("utf-8")))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise gr.Error(str(exc) if isinstance(exc, HistoryError) else "The file is not a JSON chat export.") from None
+    return to_display(history), history, system

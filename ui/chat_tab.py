@@ -5,8 +5,8 @@ from __future__ import annotations
 import gradio as gr
 
 from core.options import LoadOptions, SamplingOptions
-from ui import chat_handlers as h
-from ui.access import require_admin
+from ui import chat_handlers as h, share_panel
+from ui.access import require_admin, username
 from ui.context import AppContext
 from ui.option_widgets import build_widgets
 from ui.status import format_status, status_dict
@@ -14,7 +14,7 @@ from ui.status import format_status, status_dict
 GENERATION = "generation"  # one reply at a time: the queue shows the rest their place
 
 
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext):
     history = gr.State(())
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -29,6 +29,9 @@ def build(ctx: AppContext) -> None:
             with gr.Row():
                 regen_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm")
                 clear_btn = gr.Button("Clear", elem_id="clear", size="sm")
+                export_btn = gr.Button("Export chat", elem_id="export", size="sm")
+                import_btn = gr.UploadButton("Import chat", file_types=[".json"], elem_id="import", size="sm")
+            export_file = gr.File(label="Chat export", visible=False, elem_id="export-file")
         with gr.Column(scale=1, min_width=300):
             with gr.Accordion("Model", open=False, elem_id="model-accordion"):
                 catalog = ctx.catalog()
@@ -51,24 +54,50 @@ def build(ctx: AppContext) -> None:
                                        placeholder="Optional: how the assistant should behave")
             with gr.Accordion("Sampling", open=False, elem_id="sampling-accordion"):
                 sampling_widgets = build_widgets(SamplingOptions, elem_prefix="sampling-")
+            share_panel.build(ctx)
 
     sampling_inputs = [sampling_widgets[name] for name in h.SAMPLING_FIELDS]
     stream_outputs = [chatbot, history, message]
 
+    def persisted(request: gr.Request, updates, system):
+        """Pass the updates through; keep the user's chat in the store once the reply ends
+        (also when the client went away mid-reply: the partial reply is kept)."""
+        last = None
+        try:
+            for last in updates:
+                yield last
+        finally:
+            if last is not None:
+                h.save_chat(ctx, username(request), last[1], system)
+
     def on_send(request: gr.Request, text, hist, system, *sampling):
-        yield from h.send(ctx, request.session_hash, text, hist, system, sampling)
+        yield from persisted(request, h.send(ctx, request.session_hash, text, hist, system, sampling), system)
 
     def on_regenerate(request: gr.Request, hist, system, *sampling):
-        yield from h.regenerate(ctx, request.session_hash, hist, system, sampling)
+        yield from persisted(request, h.regenerate(ctx, request.session_hash, hist, system, sampling), system)
 
     def on_edit(request: gr.Request, evt: gr.EditData, hist, system, *sampling):
-        yield from h.edit(ctx, request.session_hash, evt.index, evt.value, hist, system, sampling)
+        yield from persisted(request, h.edit(ctx, request.session_hash, evt.index, evt.value, hist, system, sampling),
+                             system)
 
     def on_stop(request: gr.Request):
         h.stop(ctx, request.session_hash)
 
-    def on_clear(request: gr.Request):
-        return h.clear(ctx, request.session_hash)
+    def on_clear(request: gr.Request, system):
+        display, cleared = h.clear(ctx, request.session_hash)
+        h.save_chat(ctx, username(request), cleared, system)
+        return display, cleared
+
+    def on_restore(request: gr.Request):
+        return h.restore_chat(ctx, username(request))
+
+    def on_export(hist, system):
+        return gr.File(value=h.export_chat_file(hist, system), visible=True)
+
+    def on_import(request: gr.Request, upload):
+        display, hist, system = h.import_chat_file(upload)
+        h.save_chat(ctx, username(request), hist, system)
+        return display, hist, system
 
     def on_load(request: gr.Request, name, *values):
         require_admin(ctx, request, "load a model")
@@ -93,7 +122,9 @@ def build(ctx: AppContext) -> None:
     chatbot.edit(on_edit, [history, system_prompt, *sampling_inputs], stream_outputs,
                  api_name="edit", **common).then(on_status, None, status, api_visibility="private")
     stop_btn.click(on_stop, None, None, api_name="stop", queue=False)
-    clear_btn.click(on_clear, None, [chatbot, history], api_name="clear", queue=False)
+    clear_btn.click(on_clear, system_prompt, [chatbot, history], api_name="clear", queue=False)
+    export_btn.click(on_export, [history, system_prompt], export_file, api_name="export_chat")
+    import_btn.upload(on_import, import_btn, [chatbot, history, system_prompt], api_name="import_chat")
     load_btn.click(on_load, [model_choice, *[load_widgets[n] for n in h.LOAD_FIELDS]], status,
                    api_name="load_model", concurrency_limit=1, concurrency_id="model-admin")
     rescan_btn.click(on_rescan, model_choice, model_choice, api_visibility="private", queue=False)
@@ -115,3 +146,6 @@ def build(ctx: AppContext) -> None:
         return format_status(state), gr.Timer(active=not settled)
 
     timer.tick(on_tick, None, [status, timer], api_visibility="private", queue=False)
+    # Each user's last chat comes back when the page opens (the store keys it by login name).
+    return lambda app, tabs: app.load(on_restore, None, [chatbot, history, system_prompt],
+                                      api_name="restore_chat")

@@ -49,6 +49,8 @@ class AppContext:
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     # This machine, probed (cached for a few seconds: free VRAM changes). None in tests that need none.
     hardware: Optional[Callable[[], Any]] = None
+    # Each user's current chat, kept across restarts (services.chat_store.ChatStore); None: not kept.
+    chat_store: Optional[Any] = None
     # Resources tab: makes the app's one sampler (None: psutil + NVML over ``manager``; tests pass fakes),
     # and gives the planner's prediction for the loaded model (None until the planner provides one).
     sampler_factory: Optional[Callable[["AppContext"], Any]] = None
