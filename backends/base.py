@@ -41,8 +41,14 @@ class NotLoadedError(BackendError):
     kind = "not_loaded"
 
 
+class OutOfMemoryError(BackendError):
+    """The device ran out of memory during a reply; the model stays loaded and the next reply can work."""
+    kind = "out_of_memory"
+
+
 ERROR_KINDS = {cls.kind: cls for cls in
-               (BackendError, ModelLoadError, TemplateError, PromptTooLongError, WorkerCrashed, NotLoadedError)}
+               (BackendError, ModelLoadError, TemplateError, PromptTooLongError, WorkerCrashed, NotLoadedError,
+                OutOfMemoryError)}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import Generator, Optional
 
-from backends.base import BufferSize, ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, TemplateError
+from backends.base import BackendError, BufferSize, ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, TemplateError
 from backends.reply_loop import Decoding, check_prompt_fits, reply_stats, stream_reply
 from core.chat_template import TemplateRenderError, TemplateSource, check_template, choose_template, render_chat_template
 from core.generation import GenerationProgress, GenerationStats, Utf8Assembler
@@ -165,7 +165,21 @@ class LlamaCppEngine:
         if self._llm is None:
             raise NotLoadedError("No model is loaded.")
         progress = GenerationProgress(started=time.monotonic(), n_ctx=self._llm.n_ctx())
-        return ChatStream(self._generate(messages, params, cancel, progress), progress)
+        return ChatStream(self._decode_failure_reported(self._generate(messages, params, cancel, progress)), progress)
+
+    def _decode_failure_reported(self, reply: Generator[str, None, GenerationStats]) -> Generator[str, None, GenerationStats]:
+        """llama.cpp's buffers are allocated at load, so a failing ``llama_decode`` (an allocation or
+        device error) is rare; it becomes a message, and the next reply starts from a clean cache."""
+        try:
+            return (yield from reply)
+        except RuntimeError as exc:
+            if "llama_decode" not in str(exc):
+                raise
+            self._llm.reset()
+            logged = [line for line in self._log.errors if line][-1:]
+            raise BackendError(f"llama.cpp could not evaluate this reply ({exc}"
+                               + (f"; {logged[0][:200]}" if logged else "") + "). The model is still loaded; "
+                               "if this repeats, load it with a smaller context or fewer GPU layers.") from None
 
     def _piece(self, token: int) -> bytes:
         import llama_cpp

@@ -19,7 +19,8 @@ from collections import deque
 from pathlib import Path
 from typing import Generator, Optional
 
-from backends.base import ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, TemplateError
+from backends.base import (ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, OutOfMemoryError,
+                           TemplateError)
 from backends.reply_loop import Decoding, check_prompt_fits, reply_stats, stream_reply
 from core.chat_template import TemplateRenderError, TemplateSource, check_template, choose_template, render_chat_template
 from core.detokenize import IncrementalDetokenizer
@@ -174,7 +175,24 @@ class TransformersEngine:
         if self.model is None:
             raise NotLoadedError("No model is loaded.")
         progress = GenerationProgress(started=time.monotonic(), n_ctx=self.plan.n_ctx)
-        return ChatStream(self._generate(messages, params, cancel, progress), progress)
+        return ChatStream(self._out_of_memory_reported(self._generate(messages, params, cancel, progress)), progress)
+
+    def _out_of_memory_reported(self, reply: Generator[str, None, GenerationStats]) -> Generator[str, None, GenerationStats]:
+        """A CUDA out-of-memory error in a reply becomes a message; the memory it had taken is given back,
+        so the model stays usable (a shorter prompt, or the same once other programs free VRAM)."""
+        import torch
+
+        try:
+            return (yield from reply)
+        except torch.cuda.OutOfMemoryError:
+            self.decoder.start()  # drop the partial KV cache of this reply
+            gc.collect()
+            torch.cuda.empty_cache()
+            free, total = torch.cuda.mem_get_info(0)
+            raise OutOfMemoryError(
+                f"The GPU ran out of memory during this reply ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free "
+                "now). The model is still loaded: try a shorter conversation, or close other programs that use "
+                "the GPU, then send again.") from None
 
     def tokenize_prompt(self, messages: list[dict] | str) -> list[int]:
         """Messages go through the chat template; a string is a raw completion prompt."""

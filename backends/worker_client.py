@@ -205,9 +205,11 @@ class WorkerBackend:
                     if msg[0] == wp.DELTA:
                         now = time.monotonic()
                         progress.prompt_tokens, progress.completion_tokens, progress.n_ctx = msg[3:6]
-                        progress.first_token_at = progress.first_token_at or now
-                        progress.last_token_at = now
-                        yield msg[2]
+                        if progress.completion_tokens:
+                            progress.first_token_at = progress.first_token_at or now
+                            progress.last_token_at = now
+                        if msg[2]:  # a DELTA without text carries only the counts
+                            yield msg[2]
                     elif msg[0] == wp.DONE:
                         finished = True
                         return GenerationStats.from_dict(msg[2])

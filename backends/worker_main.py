@@ -20,6 +20,7 @@ from backends.base import BackendError, LoadSpec
 from core.options import SamplingOptions
 
 _BATCH_S = 0.02
+_PROGRESS_S = 0.25
 
 
 def make_engine(backend: str):
@@ -35,9 +36,9 @@ def make_engine(backend: str):
 
 
 class Worker:
-    def __init__(self, conn: Connection, backend: str) -> None:
+    def __init__(self, conn: Connection, engine) -> None:
         self.conn = conn
-        self.engine = make_engine(backend)
+        self.engine = engine
         self._send_lock = threading.Lock()
         self._chat_thread: threading.Thread | None = None
         self._cancels: dict[int, threading.Event] = {}
@@ -84,8 +85,12 @@ class Worker:
         self._chat_thread.start()
 
     def _run_chat(self, req_id: int, messages: list, params: dict, cancel: threading.Event) -> None:
+        finished = threading.Event()
         try:
             stream = self.engine.stream_chat(messages, SamplingOptions(**params), cancel)
+            sent = {"counts": None}
+            threading.Thread(target=self._report_progress, args=(req_id, stream, sent, finished), daemon=True,
+                             name=f"progress-{req_id}").start()
             pending, last_sent = "", 0.0
             for delta in stream:
                 # The first delta goes at once (time to first token); later ones are batched a
@@ -93,8 +98,10 @@ class Worker:
                 pending += delta
                 now = time.monotonic()
                 if now - last_sent >= _BATCH_S:
-                    self.send((wp.DELTA, req_id, pending, *self._counts(stream)))
+                    sent["counts"] = self._counts(stream)
+                    self.send((wp.DELTA, req_id, pending, *sent["counts"]))
                     pending, last_sent = "", now
+            finished.set()
             if pending:
                 self.send((wp.DELTA, req_id, pending, *self._counts(stream)))
             self.send((wp.DONE, req_id, stream.stats.to_dict()))
@@ -102,6 +109,20 @@ class Worker:
             os._exit(0)  # the UI process is gone
         except Exception as exc:
             self.send_error(req_id, exc)
+        finally:
+            finished.set()
+
+    def _report_progress(self, req_id: int, stream, sent: dict, finished: threading.Event) -> None:
+        """Token counts reach the UI even while tokens bring no text (a special token, a character
+        split over several tokens): a DELTA without text, at most every ``_PROGRESS_S``."""
+        while not finished.wait(_PROGRESS_S):
+            counts = self._counts(stream)
+            if counts != sent["counts"] and counts[1] > 0:
+                sent["counts"] = counts
+                try:
+                    self.send((wp.DELTA, req_id, "", *counts))
+                except (BrokenPipeError, EOFError, OSError):
+                    return
 
     @staticmethod
     def _counts(stream) -> tuple[int, int, int]:
@@ -142,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(2, 1)  # native code may print to stdout; keep it with the log on stderr
     conn = Connection(args.fd)
     try:
-        worker = Worker(conn, args.backend)
+        worker = Worker(conn, make_engine(args.backend))
     except Exception as exc:
         conn.send((wp.ERROR, None, "error", f"The model worker could not start: {exc}"))
         return 1

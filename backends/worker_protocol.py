@@ -2,7 +2,8 @@
 
 UI -> worker:  (LOAD, spec_dict) | (CHAT, req_id, messages, sampling_dict) | (CANCEL, req_id) | (SHUTDOWN,)
 worker -> UI:  (READY, pid) | (LOADED, info_dict)
-               | (DELTA, req_id, text, prompt_tokens, completion_tokens, n_ctx) | (DONE, req_id, stats_dict)
+               | (DELTA, req_id, text, prompt_tokens, completion_tokens, n_ctx)   (text may be "": counts only)
+               | (DONE, req_id, stats_dict)
                | (ERROR, req_id_or_None, kind, message) | (BYE,)
 """
 LOAD, CHAT, CANCEL, SHUTDOWN = "load", "chat", "cancel", "shutdown"

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.hardware import GIB, GpuInfo, Hardware
+from core.options import parse_file_model
 
 
 class _Strict(BaseModel):
@@ -64,10 +65,4 @@ class ProfileError(ValueError):
 
 
 def parse_profile(data: object, source: str) -> HardwareProfile:
-    if not isinstance(data, dict):
-        raise ProfileError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
-    try:
-        return HardwareProfile(**data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'profile'}: {e['msg']}" for e in exc.errors())
-        raise ProfileError(f"{source}: {problems}") from None
+    return parse_file_model(HardwareProfile, data, source, ProfileError)

@@ -129,6 +129,18 @@ def describe_validation_error(exc: ValidationError, what: str = "options") -> st
     return f"Invalid {what}: " + "; ".join(parts)
 
 
+def parse_file_model(model: type[BaseModel], data: object, source: str, error: type[ValueError]) -> BaseModel:
+    """Validate a file's parsed content into ``model``; ``error`` names the file and each bad field."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return model(**data)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
+                    for e in exc.errors()]
+        raise error(f"{source}: " + "; ".join(problems)) from None
+
+
 def field_specs(model: type[BaseModel]) -> list[dict]:
     """Flatten a model's fields into what a UI or CLI builder needs (name, type, range, default)."""
     specs = []

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.hardware import GIB, Hardware
 from core.model_shape import ModelShape
-from core.options import LOAD_OPTIONS_BY_BACKEND, SamplingOptions, describe_validation_error
+from core.options import LOAD_OPTIONS_BY_BACKEND, SamplingOptions, describe_validation_error, parse_file_model
 from core.plan import Plan
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -114,17 +114,7 @@ class PresetError(ValueError):
 
 
 def parse_preset(data: object, source: str) -> Preset:
-    if not isinstance(data, dict):
-        raise PresetError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
-    try:
-        return Preset(**data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "preset"
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{loc}: {msg}")
-        raise PresetError(f"{source}: " + "; ".join(problems)) from None
+    return parse_file_model(Preset, data, source, PresetError)
 
 
 _QUANT_BITS = {"Q2_K": 3.0, "Q3_K_M": 3.9, "Q4_0": 4.55, "Q4_K_S": 4.6, "Q4_K_M": 4.85, "Q5_K_M": 5.7,

@@ -1,0 +1,81 @@
+"""Refuse what a browser sends on behalf of another site, before Gradio or the /v1 routes see it.
+
+Gradio 6's CORS middleware only leaves out ``Access-Control-Allow-Origin``: a POST to
+``/gradio_api/queue/join`` or ``/gradio_api/upload`` from ``https://evil.example`` (or from a
+sandboxed page, ``Origin: null``) still runs; the browser merely hides the answer. So:
+
+* a request that carries an ``Origin`` must come from this server's own origin (scheme-less
+  compare of host and port with the ``Host`` header); clients that are not browsers send no
+  ``Origin`` and pass;
+* bound to loopback, the ``Host`` must be a loopback name (``127.0.0.1``, ``localhost``, ``::1``):
+  a DNS-rebinding page (``evil.example`` resolved to 127.0.0.1) is same-origin to the browser.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Optional
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.responses import PlainTextResponse
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def is_loopback_name(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_and_port(netloc: str, default_port: Optional[int]) -> Optional[tuple[str, Optional[int]]]:
+    try:
+        parts = urlsplit("//" + netloc)
+        return (parts.hostname or "").lower(), parts.port or default_port
+    except ValueError:  # a bad port or bracket
+        return None
+
+
+def same_origin(origin: str, host_header: str) -> bool:
+    """Whether a browser's ``Origin`` names the server the request was sent to (``Host``)."""
+    scheme = origin.partition("://")[0].lower()
+    if scheme not in _DEFAULT_PORTS:  # "null", file://, chrome-extension://, ...
+        return False
+    default = _DEFAULT_PORTS[scheme]
+    ours = _host_and_port(host_header, default)
+    theirs = _host_and_port(origin.partition("://")[2].split("/", 1)[0], default)
+    return ours is not None and theirs is not None and bool(ours[0]) and ours == theirs
+
+
+class OriginGuard:
+    """ASGI middleware: 403 for a foreign ``Origin``; with ``loopback_only``, also for a ``Host``
+    that is not a loopback name."""
+
+    def __init__(self, app, loopback_only: bool) -> None:
+        self.app = app
+        self.loopback_only = loopback_only
+
+    def problem(self, headers: Headers) -> Optional[str]:
+        host = headers.get("host", "")
+        if self.loopback_only:
+            parsed = _host_and_port(host, None)
+            if parsed is None or not is_loopback_name(parsed[0]):
+                return "This app serves only this machine: open it at http://127.0.0.1 (Host not allowed)."
+        origin = headers.get("origin")
+        if origin is not None and not same_origin(origin, host):
+            return "Cross-site request refused (Origin does not match this server)."
+        return None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            problem = self.problem(Headers(scope=scope))
+            if problem is not None:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                else:
+                    await PlainTextResponse(problem, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
