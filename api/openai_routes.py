@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from backends.base import BackendError, ChatStream, NotLoadedError
-from backends.manager import BusyError
+from backends.turns import BusyError
 from core.openai_schema import (ApiRequestError, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_response,
                                 completion_response, error_body, new_id, parse_request, usage, FINISH)
 

@@ -4,10 +4,11 @@ No heavy imports here: the UI process imports this module, never a runtime.
 """
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Generator, Iterator, Optional, Protocol, Union, runtime_checkable
+from typing import Callable, Generator, Iterator, Optional, Protocol, Union, runtime_checkable
 
 from core.generation import GenerationProgress, GenerationStats
 from core.options import LOAD_OPTIONS_BY_BACKEND, LoadOptions, SamplingOptions, TransformersLoadOptions
@@ -120,10 +121,12 @@ class ChatStream(Iterator[str]):
     it); ``stats`` is set once iteration has finished."""
 
     def __init__(self, generator: Generator[str, None, GenerationStats],
-                 progress: Optional[GenerationProgress] = None) -> None:
+                 progress: Optional[GenerationProgress] = None,
+                 on_unstarted_close: Optional[Callable[[], None]] = None) -> None:
         self._gen = generator
         self.progress = progress or GenerationProgress(started=time.monotonic())
         self.stats: Optional[GenerationStats] = None
+        self._on_unstarted_close = on_unstarted_close
 
     def __iter__(self) -> "ChatStream":
         return self
@@ -136,7 +139,11 @@ class ChatStream(Iterator[str]):
             raise StopIteration from None
 
     def close(self) -> None:
+        unstarted = inspect.getgeneratorstate(self._gen) == inspect.GEN_CREATED
         self._gen.close()
+        if unstarted and self._on_unstarted_close is not None:
+            callback, self._on_unstarted_close = self._on_unstarted_close, None
+            callback()
 
 
 @runtime_checkable

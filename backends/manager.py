@@ -1,7 +1,9 @@
 """ModelManager: the one resident model of the app, shared by every user.
 
-Loads, unloads and generations are serialised by one lock. A load is refused (clearly) while a
-reply is being generated; a generation waits for a load in progress. Before any worker starts,
+Loads, unloads and generations are serialised by one lock. Replies wait for it in one bounded
+first-come-first-served line (``backends.turns``), whether they come from the web UI or the API.
+A load is refused (clearly) while a reply is being generated; a reply waits for a load in
+progress. Before any worker starts,
 the file's header is checked in this process so that missing, non-GGUF and truncated files get
 a plain message.
 """
@@ -9,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generator, Literal, Optional, Protocol
 
 from backends.base import (Backend, BackendError, ChatStream, LoadSpec, ModelInfo, ModelLoadError,
                            NotLoadedError, WorkerCrashed)
+from backends.turns import BusyError, Turn, TurnQueue
 from core.generation import GenerationProgress, GenerationStats
 from core.gguf_header import GGUFError
 from core.options import SamplingOptions
@@ -23,15 +25,6 @@ from core.plan import Plan
 from services.gguf_file import read_header
 
 Status = Literal["empty", "loading", "ready", "failed", "crashed"]
-
-
-class BusyError(BackendError):
-    kind = "busy"
-
-    def __init__(self, message: str, ahead: int = 0, retry_after_s: int = 5) -> None:
-        super().__init__(message)
-        self.ahead = ahead
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -61,11 +54,10 @@ class ModelManager:
                  planner: Optional[LoadPlannerHook] = None, max_waiting: int = 8) -> None:
         self._factory = backend_factory
         self._planner = planner
-        self._max_waiting = max_waiting
-        self._waiting = 0
-        self._waiting_lock = threading.Lock()
         self._backend: Optional[Backend] = None
         self._busy = threading.Lock()
+        self._turns = TurnQueue(self._busy, max_waiting)
+        self.max_waiting = max_waiting
         self._state = ManagerState("empty")
         self._state_lock = threading.Lock()
         self._settled = threading.Event()
@@ -171,39 +163,33 @@ class ModelManager:
 
     # -- generation ------------------------------------------------------------------------
     def queue_depth(self) -> int:
-        with self._waiting_lock:
-            return self._waiting
+        """Replies waiting in line (not counting the one being generated)."""
+        return len(self._turns)
+
+    def queue_turn(self) -> Turn:
+        """A place in the line for a reply (BusyError when the line is full). Wait with
+        ``turn.ready()`` (showing ``turn.ahead``), then pass it to ``stream_chat``."""
+        return self._turns.join()
 
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions, cancel: threading.Event,
-                    wait_s: float = 600.0) -> ChatStream:
-        """Start a reply (``messages``) or a raw completion (a prompt string); waits (up to ``wait_s``,
-        or until cancelled) for a load or another reply, behind at most ``max_waiting`` others."""
-        with self._waiting_lock:
-            if self._waiting >= self._max_waiting:
-                raise BusyError(f"Busy: {self._waiting} requests are ahead of you; try again shortly.",
-                                ahead=self._waiting, retry_after_s=5 * self._waiting)
-            self._waiting += 1
+                    wait_s: float = 600.0, turn: Optional[Turn] = None) -> ChatStream:
+        """Start a reply (``messages``) or a raw completion (a prompt string). Without a ``turn``,
+        joins the line and waits (up to ``wait_s``, or until cancelled) behind loads and other replies."""
+        turn = turn or self._turns.join()
         try:
-            deadline = time.monotonic() + wait_s
-            while not self._busy.acquire(timeout=0.1):
-                if cancel.is_set():
-                    raise BusyError("Cancelled while waiting for the model.")
-                if time.monotonic() > deadline:
-                    raise BusyError("The model stayed busy; try again.")
-        finally:
-            with self._waiting_lock:
-                self._waiting -= 1
-        try:
+            self._turns.wait(turn, cancel, wait_s)
             state = self.state()
             if state.status != "ready" or self._backend is None:
                 raise NotLoadedError(self._not_ready_message(state))
             stream = self._backend.stream_chat(messages, params, cancel)
+            turn.hand_over()  # the guarded stream releases the lock when the reply ends
         except BaseException:
-            self._busy.release()
+            turn.leave()
             raise
         self._live = stream.progress
         self._set(generating=True)
-        return ChatStream(self._guarded(stream), stream.progress)
+        # A stream closed before its first item never runs its generator's cleanup: do it then too.
+        return ChatStream(self._guarded(stream), stream.progress, on_unstarted_close=lambda: self._finish(stream))
 
     def _guarded(self, stream: ChatStream) -> Generator[str, None, GenerationStats]:
         try:
@@ -213,17 +199,21 @@ class ModelManager:
             self._set(status="crashed", info=None, error=str(exc))
             raise
         finally:
-            stream.close()
-            self._live = None
-            if stream.stats is not None:
-                self._last_stats = stream.stats
-            self._set(generating=False)
-            self._busy.release()
-            info = self.state().info
-            if self._planner is not None and info is not None and stream.stats is not None:
-                # After the first decode NVML shows the worker's real VRAM: learn from it, off the
-                # request path.
-                threading.Thread(target=self._planner.learn, args=(info,), daemon=True).start()
+            self._finish(stream)
+
+    def _finish(self, stream: ChatStream) -> None:
+        """The reply is over (finished, failed, or closed before it started): free the model."""
+        stream.close()
+        self._live = None
+        if stream.stats is not None:
+            self._last_stats = stream.stats
+        self._set(generating=False)
+        self._busy.release()
+        info = self.state().info
+        if self._planner is not None and info is not None and stream.stats is not None:
+            # After the first decode NVML shows the worker's real VRAM: learn from it, off the
+            # request path.
+            threading.Thread(target=self._planner.learn, args=(info,), daemon=True).start()
 
     @staticmethod
     def _not_ready_message(state: ManagerState) -> str:

@@ -40,7 +40,10 @@ def make_context(settings: AppSettings):
 
 
 def launch(settings: AppSettings, started: float) -> int:
+    from starlette.middleware import Middleware
+
     from api import openai_routes
+    from cli.origin_guard import OriginGuard
     from cli.serve import _print_urls
     from ui import CSS, build_app
 
@@ -59,11 +62,15 @@ def launch(settings: AppSettings, started: float) -> int:
         print("\n" + "!" * 78 + "\nWARNING: --share publishes this app on a public gradio.live address. Anyone who has "
               "the link\ncan reach the login page. Use strong passwords; stop the app to end the link.\n"
               + "!" * 78 + "\n", flush=True)
+    # Outermost check of every request (the /v1 routes too): cross-site requests and, bound to
+    # loopback, foreign Host names (DNS rebinding) are refused before Gradio sees them.
+    guard = Middleware(OriginGuard, loopback_only=not settings.listens_beyond_loopback)
     _, local_url, share_url = app.launch(
         server_name=settings.host, server_port=settings.port, auth=auth,
         auth_message="FitChat: log in" if auth else None, prevent_thread_lock=True,
         show_error=True, quiet=True, footer_links=[], allowed_paths=[], share=settings.share,
         blocked_paths=[str(settings.data_dir), str(Path.home() / ".cache" / "huggingface")], css=CSS, theme="default",
+        app_kwargs={"middleware": [guard]},
     )
     openai_routes.install(app.app, ctx.manager, openai_routes.ApiSettings(settings.api_keys,
                                                                           settings.listens_beyond_loopback))

@@ -6,7 +6,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -70,7 +72,7 @@ def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the app exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            raise RuntimeError(f"the app exited with {proc.returncode}: ")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -84,6 +86,17 @@ class RunningApp:
     def __init__(self, proc: subprocess.Popen, port: int, data_dir: Path) -> None:
         self.proc, self.port, self.data_dir = proc, port, data_dir
         self.url = f"http://127.0.0.1:{port}/"
+        # Read the app's output as it comes: a full pipe would block the server on its next print.
+        self._output: deque[str] = deque(maxlen=5000)
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        for line in iter(self.proc.stdout.readline, ""):
+            self._output.append(line)
+
+    def output(self) -> str:
+        return "".join(self._output)
 
     def client(self):
         from gradio_client import Client
@@ -112,7 +125,8 @@ class RunningApp:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        return self.proc.stdout.read() if self.proc.stdout else ""
+        self._reader.join(timeout=5)
+        return self.output()
 
 
 def start_app(args: list[str], data_dir: Path, command: list[str] | None = None,
@@ -121,8 +135,13 @@ def start_app(args: list[str], data_dir: Path, command: list[str] | None = None,
     cmd = (command or [sys.executable, "app.py"]) + ["--port", str(port), "--data-dir", str(data_dir), *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
-    wait_http(f"http://127.0.0.1:{port}/", proc=proc)
-    return RunningApp(proc, port, data_dir)
+    running = RunningApp(proc, port, data_dir)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", proc=proc)
+    except RuntimeError as exc:
+        running._reader.join(timeout=5)
+        raise RuntimeError(f"{exc}{running.output()}") from None
+    return running
 
 
 @pytest.fixture(scope="module")

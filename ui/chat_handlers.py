@@ -11,6 +11,7 @@ from typing import Any, Iterator, Sequence
 import gradio as gr
 
 from backends.base import BackendError, LoadSpec
+from backends.turns import BusyError
 from core.chat_history import (History, HistoryError, add_user_message, check_system_prompt, content_text,
                                edit_user_message, export_chat, for_regenerate, import_chat, model_messages,
                                to_display, with_reply)
@@ -23,6 +24,8 @@ from ui.status import format_status
 SAMPLING_FIELDS: tuple[str, ...] = tuple(SamplingOptions.model_fields)
 LOAD_FIELDS: tuple[str, ...] = ("n_ctx", "n_gpu_layers", "kv_type", "flash_attn", "n_threads", "n_batch")
 _MIN_UPDATE_INTERVAL_S = 1 / 15  # coalesce deltas: ~15 updates a second look smooth and cost little CPU
+WAIT_S = 600.0        # longest wait in line for the model
+_WAIT_POLL_S = 0.25   # how often a waiting reply re-checks its place
 
 Update = tuple[list[dict], History, str]
 
@@ -49,19 +52,22 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
     cancel = ctx.cancels.start(session)
     text = ""
     try:
-        if ctx.manager.state().status == "loading":
-            yield with_reply(history, "", notice="Waiting for the model to finish loading…")
-        stream = ctx.manager.stream_chat(model_messages(history, system_prompt), sampling, cancel)
-        try:
-            last = 0.0
-            for delta in stream:
-                text += delta
-                now = time.monotonic()
-                if now - last >= _MIN_UPDATE_INTERVAL_S:
-                    last = now
-                    yield with_reply(history, text)
-        finally:
-            stream.close()
+        with ctx.manager.queue_turn() as turn:  # BusyError when the line is full
+            yield from _wait_in_line(ctx, turn, history, cancel)
+            if cancel.is_set():
+                yield with_reply(history, "", notice="Stopped before the reply started.")
+                return
+            stream = ctx.manager.stream_chat(model_messages(history, system_prompt), sampling, cancel, turn=turn)
+            try:
+                last = 0.0
+                for delta in stream:
+                    text += delta
+                    now = time.monotonic()
+                    if now - last >= _MIN_UPDATE_INTERVAL_S:
+                        last = now
+                        yield with_reply(history, text)
+            finally:
+                stream.close()
         yield with_reply(history, text, stats=stream.stats)
     except BackendError as exc:
         yield with_reply(history, text, error=str(exc))
@@ -70,6 +76,22 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
         # client went away: the worker's generation stops either way.
         cancel.set()
         ctx.cancels.finish(session, cancel)
+
+
+def _wait_in_line(ctx: AppContext, turn, history: History, cancel) -> Iterator[History]:
+    """Until ``turn`` holds the model (or Stop is pressed, or ``WAIT_S`` pass): show what it waits for."""
+    shown, deadline = None, time.monotonic() + WAIT_S
+    while not cancel.is_set() and not turn.ready(_WAIT_POLL_S):
+        if time.monotonic() > deadline:
+            raise BusyError(f"The model stayed busy for {WAIT_S // 60:.0f} minutes; try again.")
+        ahead = turn.ahead
+        if ctx.manager.state().status == "loading":
+            notice = "Waiting for the model to finish loading…"
+        else:
+            notice = f"Waiting for the model: {ahead} {'reply' if ahead == 1 else 'replies'} ahead of you…"
+        if notice != shown:
+            shown = notice
+            yield with_reply(history, "", notice=notice)
 
 
 def _stream_updates(ctx: AppContext, session: str, history: History, system_prompt: Any,

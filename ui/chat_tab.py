@@ -10,8 +10,9 @@ from ui.access import require_admin, username
 from ui.context import AppContext
 from ui.option_widgets import build_widgets
 from ui.status import format_status, status_dict
+from ui.uploads import LocalUploadButton
 
-GENERATION = "generation"  # one reply at a time: the queue shows the rest their place
+GENERATION = "generation"  # the reply events' concurrency group
 
 
 def build(ctx: AppContext):
@@ -30,7 +31,7 @@ def build(ctx: AppContext):
                 regen_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm")
                 clear_btn = gr.Button("Clear", elem_id="clear", size="sm")
                 export_btn = gr.Button("Export chat", elem_id="export", size="sm")
-                import_btn = gr.UploadButton("Import chat", file_types=[".json"], elem_id="import", size="sm")
+                import_btn = LocalUploadButton("Import chat", file_types=[".json"], elem_id="import", size="sm")
             export_file = gr.File(label="Chat export", visible=False, elem_id="export-file")
         with gr.Column(scale=1, min_width=300):
             with gr.Accordion("Model", open=False, elem_id="model-accordion"):
@@ -114,7 +115,9 @@ def build(ctx: AppContext):
     def on_status():
         return format_status(ctx.manager.state())
 
-    common = dict(concurrency_limit=1, concurrency_id=GENERATION)
+    # Replies wait in the model manager's line, which shows each its place and refuses the one too
+    # many; Gradio lets them all reach it: the one generating, those waiting, and one to refuse.
+    common = dict(concurrency_limit=ctx.manager.max_waiting + 2, concurrency_id=GENERATION)
     gr.on([message.submit, send_btn.click], on_send, [message, history, system_prompt, *sampling_inputs],
           stream_outputs, api_name="send", **common).then(on_status, None, status, api_visibility="private")
     gr.on([regen_btn.click, chatbot.retry], on_regenerate, [history, system_prompt, *sampling_inputs],
@@ -132,8 +135,8 @@ def build(ctx: AppContext):
                      concurrency_limit=1, concurrency_id="model-admin")
 
     def model_status() -> dict:
-        """The model's state: status (empty/loading/ready/failed/crashed), name, context, error."""
-        return status_dict(ctx.manager.state())
+        """The model's state: status (empty/loading/ready/failed/crashed), name, context, replies waiting, error."""
+        return status_dict(ctx.manager.state(), ctx.manager.queue_depth())
 
     gr.api(model_status, api_name="model_status", queue=False)
 

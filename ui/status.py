@@ -37,8 +37,8 @@ def format_status(state: ManagerState) -> str:
     return "**No model loaded.** Pick one under **Model** and press **Load**."
 
 
-def status_dict(state: ManagerState) -> dict:
-    """The same facts for API clients and tests."""
+def status_dict(state: ManagerState, waiting: int = 0) -> dict:
+    """The same facts for API clients and tests (``waiting``: replies in line for the model)."""
     info = state.info
     return {
         "status": state.status,
@@ -47,5 +47,6 @@ def status_dict(state: ManagerState) -> dict:
         "template_origin": info.template_origin if info else None,
         "worker_pid": info.worker_pid if info else None,
         "generating": state.generating,
+        "waiting": waiting,
         "error": state.error,
     }
