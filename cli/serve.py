@@ -37,6 +37,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                         help="where models and app data live (default ~/.local/share/fitchat)")
     parser.add_argument("--no-default-model", action="store_true",
                         help="start without loading a model")
+    # Logins set in the UI when it turns sharing on: read once, then deleted (services/restart.py).
+    parser.add_argument("--login-file-once", type=Path, help=argparse.SUPPRESS)
     names = add_option_flags(parser, LoadOptions)
     return parser, names
 
@@ -64,6 +66,11 @@ def settings_from_args(argv: list[str]) -> AppSettings:
         users, file_admins = parse_file(args.auth_file, "--auth-file", parse_auth_file)
         auth.extend(users)
         admins.extend(file_admins)
+    if args.login_file_once:
+        users, file_admins = parse_file(args.login_file_once, "--login-file-once", parse_auth_file)
+        args.login_file_once.unlink(missing_ok=True)
+        auth.extend(users)
+        admins.extend(file_admins)
     names = [user for user, _ in auth]
     if len(set(names)) != len(names):
         raise UsageError("a user is listed twice in --auth / --auth-file")
@@ -85,7 +92,7 @@ def settings_from_args(argv: list[str]) -> AppSettings:
         cli_model=args.model.expanduser() if args.model else None,
         load_options=options_from_args(LoadOptions, args, load_names), auth=tuple(auth), admins=tuple(admins),
         api_keys=tuple(api_keys), insecure_no_auth=args.insecure_no_auth, share=args.share,
-        load_default_model=not args.no_default_model,
+        load_default_model=not args.no_default_model, argv=tuple(argv),
     )
     if args.share and not settings.auth:
         raise UsageError("--share makes a public link: it needs --auth or --auth-file (--insecure-no-auth "

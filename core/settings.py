@@ -25,6 +25,7 @@ class AppSettings:
     insecure_no_auth: bool = False
     share: bool = False
     load_default_model: bool = True
+    argv: tuple[str, ...] = ()      # the command line it was started with (to restart with changes)
 
     @property
     def models_dir(self) -> Path:

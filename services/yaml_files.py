@@ -13,14 +13,25 @@ class DataFileError(ValueError):
     """The file cannot be read or parsed; the message names it."""
 
 
-def _depth(value: Any, level: int = 0) -> int:
-    if level > MAX_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+MAX_NODES = 100_000  # YAML aliases can make a small file a huge tree ("billion laughs")
+
+
+def _check_shape(value: Any, name: str) -> None:
+    """At most ``MAX_DEPTH`` levels and ``MAX_NODES`` values, counted as the tree unfolds (an alias
+    counts every time it is used), so a crafted file stops early instead of hanging the app."""
+    budget = [MAX_NODES]
+
+    def visit(node: Any, level: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise DataFileError(f"{name}: more than {MAX_NODES} values (aliases unfolded)")
+        if level > MAX_DEPTH:
+            raise DataFileError(f"{name}: nested more than {MAX_DEPTH} levels deep")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            visit(child, level + 1)
+
+    visit(value, 0)
 
 
 def load_data_file(path: Path) -> Any:
@@ -42,6 +53,5 @@ def load_data_file(path: Path) -> Any:
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataFileError(f"{path.name}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") from None
-    if _depth(data) > MAX_DEPTH:
-        raise DataFileError(f"{path.name}: nested more than {MAX_DEPTH} levels deep")
+    _check_shape(data, path.name)
     return data

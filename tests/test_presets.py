@@ -2,6 +2,7 @@
 skipped; names never become paths."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -56,10 +57,15 @@ def test_broken_files_are_skipped_with_messages(tmp_path):
     (tmp_path / "e-deep.yaml").write_text("a: " + "[" * 30 + "]" * 30 + "\n")
     (tmp_path / "f-huge.yaml").write_text("name: " + "x" * 300_000 + "\n")
     (tmp_path / "g-binary.yaml").write_bytes(b"\xff\xfe\x00bad")
+    laughs = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]  # 9^9 values once the aliases unfold
+    laughs += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    (tmp_path / "h-laughs.yaml").write_text("\n".join(laughs) + "\n")
+    started = time.monotonic()
     presets, errors = load_presets([tmp_path])
+    assert time.monotonic() - started < 5
     assert list(presets) == ["a-good"]
     joined = "\n".join(errors)
-    for name in ("b-python", "c-syntax", "d-list", "e-deep", "f-huge", "g-binary"):
+    for name in ("b-python", "c-syntax", "d-list", "e-deep", "f-huge", "g-binary", "h-laughs"):
         assert f"{name}.yaml" in joined
     assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
 
