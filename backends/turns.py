@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import Iterator
 from backends.base import BackendError
 
 
@@ -40,6 +41,10 @@ class Turn:
     def ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for this turn; True once it holds the model."""
         return self._line.take(self, timeout)
+
+    def waiting(self, cancel: threading.Event, wait_s: float, poll_s: float = 0.1) -> Iterator[int]:
+        """See ``TurnQueue.waiting``: the places ahead while this turn waits for the model."""
+        return self._line.waiting(self, cancel, wait_s, poll_s)
 
     def hand_over(self) -> None:
         """The lock now belongs to a stream, which releases it when the reply ends."""
@@ -111,11 +116,17 @@ class TurnQueue:
             if turn.state != "streaming":
                 turn.state = "left"
 
-    def wait(self, turn: Turn, cancel: threading.Event, wait_s: float, poll_s: float = 0.1) -> None:
-        """Block until ``turn`` holds the model; BusyError on ``cancel`` or after ``wait_s`` seconds."""
+    def waiting(self, turn: Turn, cancel: threading.Event, wait_s: float, poll_s: float = 0.1) -> Iterator[int]:
+        """Wait for ``turn``, yielding how many are ahead after every ``poll_s`` without it; ends once
+        it holds the model. BusyError on ``cancel`` or after ``wait_s`` seconds."""
         deadline = time.monotonic() + wait_s
         while not turn.ready(poll_s):
             if cancel.is_set():
                 raise BusyError("Cancelled while waiting for the model.")
             if time.monotonic() > deadline:
-                raise BusyError(f"The model stayed busy for {wait_s:.0f} s; try again.")
+                raise BusyError(f"The model stayed busy for {wait_s / 60:.0f} minutes; try again.")
+            yield self.ahead_of(turn)
+
+    def wait(self, turn: Turn, cancel: threading.Event, wait_s: float, poll_s: float = 0.1) -> None:
+        for _ in self.waiting(turn, cancel, wait_s, poll_s):
+            pass

@@ -23,23 +23,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chat_cpu import PROMPTS, _sse_chat, app_endpoint, raw_chat_once, start_app, stop_app  # noqa: E402
+from bench.chat_cpu import (OTHER_PROMPT, PROMPTS, _client, _sse_chat, app_endpoint, keep_alive_client,  # noqa: E402
+                            other_conversation_raw, raw_chat_once, start_app, stop_app)
 from services.cpu import physical_cores  # noqa: E402
 from services.paths import embedded_model_path  # noqa: E402
 
 
-OTHER_PROMPT = "An unrelated question, to put another conversation in the cache."
-
-
-def api_stream(base_url: str, prompt: str, max_tokens: int) -> dict:
-    import httpx
-
+def api_stream(base_url: str, prompt: str, max_tokens: int, client=None) -> dict:
     body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
             "seed": 1, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first = last = None
     tokens = 0
-    with httpx.stream("POST", base_url + "/v1/chat/completions", json=body, timeout=300) as r:
+    with (client or _client()).stream("POST", base_url + "/v1/chat/completions", json=body) as r:
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -61,9 +57,10 @@ def concurrency(base_url: str, clients: int, requests: int) -> dict:
     lock = threading.Lock()
 
     def run(i: int) -> None:
+        client = keep_alive_client()  # each concurrent client has its own connection
         for j in range(requests):
             try:
-                row = api_stream(base_url, PROMPTS[(i * requests + j) % len(PROMPTS)], 64)
+                row = api_stream(base_url, PROMPTS[(i * requests + j) % len(PROMPTS)], 64, client)
             except Exception as exc:
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}")
@@ -111,7 +108,7 @@ def main() -> int:
         return measure()
 
     for i in range(a.runs + 1):  # run 0 warms up
-        llm.create_chat_completion([{"role": "user", "content": OTHER_PROMPT}], max_tokens=2)  # same cache state
+        other_conversation_raw(llm)
         rows = (raw_chat_once(llm, PROMPTS[i], a.max_tokens),
                 fresh(lambda: _sse_chat(base, fn_index, PROMPTS[i], a.max_tokens)),
                 fresh(lambda: api_stream(url, PROMPTS[i], a.max_tokens)))

@@ -3,16 +3,9 @@
 # were not fitted on + budgets near full offload (issue 3), the Resources sampler on real NVML
 # (issue 6). Writes under $1 (default /tmp/job/out). Carry: .gpu and .whl.
 set -uxo pipefail
-OUTDIR=${1:-/tmp/job/out}
-cd "$(dirname "$0")/.."
-mkdir -p "$OUTDIR" /tmp/m
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl .gpu/whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD
+source "$(dirname "$0")/gpu_prelude.sh" "${1:-/tmp/job/out}"
 python3 bench/gpu_transformers.py --out "$OUTDIR/gpu_transformers.json" > "$OUTDIR/transformers.log" 2>&1
 echo "transformers exit=$?"
-bash .gpu/build_device.sh || exit 1
-source /tmp/gpu/env.sh
-export PYTHONPATH=$PYTHONPATH:$GGUF_PY
 python3 -m tools.synth_gguf --shape mistral-7b --quant Q4_K_M --out /tmp/m/mistral.gguf
 python3 -m tools.synth_gguf --shape llama2-13b --quant Q4_K_M --out /tmp/m/l2-13b.gguf
 python3 -m tools.synth_gguf --shape llama31-8b --quant Q8_0 --out /tmp/m/l31-8b-q8.gguf

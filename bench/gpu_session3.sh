@@ -4,14 +4,7 @@
 # load/unload x5 back to the VRAM baseline, kill -9 mid-stream, forced out-of-memory at load and
 # during a reply. Writes under $1 (default /tmp/job/out). Carry: .gpu and .whl (pydantic wheels).
 set -uxo pipefail
-OUTDIR=${1:-/tmp/job/out}
-cd "$(dirname "$0")/.."
-mkdir -p "$OUTDIR" /tmp/m
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD
-bash .gpu/build_device.sh || exit 1
-source /tmp/gpu/env.sh
-export PYTHONPATH=$PYTHONPATH:$GGUF_PY
+source "$(dirname "$0")/gpu_prelude.sh" "${1:-/tmp/job/out}"
 nvidia-smi > "$OUTDIR/nvidia-smi.txt" 2>&1 || true
 python3 bench/synthetic_hf_model.py --shape llama2-7b --device cuda --out /tmp/fitchat-bench/llama2-7b \
   > "$OUTDIR/hf_build.json" 2>"$OUTDIR/hf_build.log" &

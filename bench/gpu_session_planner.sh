@@ -3,14 +3,7 @@
 # (zero weights; speed and memory do not depend on values), run the sweep. Writes to $1 (default
 # /tmp/job/out). Carry: .gpu (../shared/gpu/prepare_carry.sh) and .whl (pydantic wheels).
 set -euxo pipefail
-OUTDIR=${1:-/tmp/job/out}
-cd "$(dirname "$0")/.."
-mkdir -p "$OUTDIR" /tmp/m
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD
-bash .gpu/build_device.sh
-source /tmp/gpu/env.sh
-export PYTHONPATH=$PYTHONPATH:$GGUF_PY
+source "$(dirname "$0")/gpu_prelude.sh" "${1:-/tmp/job/out}"
 nvidia-smi > "$OUTDIR/nvidia-smi.txt" 2>&1 || true
 python3 .gpu/bandwidth.py > "$OUTDIR/bandwidth.txt" 2>&1 || true
 python3 -m tools.synth_gguf --shape llama2-7b --quant Q4_K_M --out /tmp/m/l2-7b.gguf

@@ -142,3 +142,26 @@ def test_preflight_errors_leave_a_loaded_model_alone(ctx, tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         ctx.manager.load(LoadSpec(str(Path(tmp_path) / "nope.gguf")))
     assert ctx.manager.state().status == "ready"
+
+
+def test_a_waiting_reply_shows_its_place_and_stop_leaves_the_line(ctx):
+    busy = ctx.manager.stream_chat([{"role": "user", "content": "Write a very long story."}],
+                                   SamplingOptions(max_tokens=2000), threading.Event())
+    next(busy)  # one reply holds the model
+    try:
+        updates = h.send(ctx, "waiter", "Hello?", (), "", sampling(max_tokens=4))
+        notices = []
+        for update in updates:
+            reply = update[1][-1]
+            if reply.role == "assistant" and reply.notice:
+                notices.append(reply.notice)
+                threading.Thread(target=h.stop, args=(ctx, "waiter")).start()
+                break
+        rest = list(updates)
+        assert notices == ["Waiting for the model: 1 reply ahead of you…"]
+        assert rest[-1][1][-1].notice == "Stopped before the reply started." and not rest[-1][1][-1].content
+        assert ctx.manager.queue_depth() == 0
+    finally:
+        busy.close()
+    final = list(h.send(ctx, "after", "Hi", (), "", sampling(max_tokens=4)))[-1][1][-1]
+    assert final.stats is not None  # the model is free again

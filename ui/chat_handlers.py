@@ -53,8 +53,11 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
     text = ""
     try:
         with ctx.manager.queue_turn() as turn:  # BusyError when the line is full
-            yield from _wait_in_line(ctx, turn, history, cancel)
-            if cancel.is_set():
+            try:
+                yield from _wait_in_line(ctx, turn, history, cancel)
+            except BusyError:
+                if not cancel.is_set():
+                    raise
                 yield with_reply(history, "", notice="Stopped before the reply started.")
                 return
             stream = ctx.manager.stream_chat(model_messages(history, system_prompt), sampling, cancel, turn=turn)
@@ -79,12 +82,9 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
 
 
 def _wait_in_line(ctx: AppContext, turn, history: History, cancel) -> Iterator[History]:
-    """Until ``turn`` holds the model (or Stop is pressed, or ``WAIT_S`` pass): show what it waits for."""
-    shown, deadline = None, time.monotonic() + WAIT_S
-    while not cancel.is_set() and not turn.ready(_WAIT_POLL_S):
-        if time.monotonic() > deadline:
-            raise BusyError(f"The model stayed busy for {WAIT_S // 60:.0f} minutes; try again.")
-        ahead = turn.ahead
+    """Until ``turn`` holds the model: show what it waits for (a load, or the replies ahead)."""
+    shown = None
+    for ahead in turn.waiting(cancel, WAIT_S, _WAIT_POLL_S):
         if ctx.manager.state().status == "loading":
             notice = "Waiting for the model to finish loading…"
         else:

@@ -10,7 +10,7 @@ from ui.access import require_admin, username
 from ui.context import AppContext
 from ui.option_widgets import build_widgets
 from ui.status import format_status, status_dict
-from ui.uploads import LocalUploadButton
+from ui.uploads import local_files_only
 
 GENERATION = "generation"  # the reply events' concurrency group
 
@@ -31,7 +31,8 @@ def build(ctx: AppContext):
                 regen_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm")
                 clear_btn = gr.Button("Clear", elem_id="clear", size="sm")
                 export_btn = gr.Button("Export chat", elem_id="export", size="sm")
-                import_btn = LocalUploadButton("Import chat", file_types=[".json"], elem_id="import", size="sm")
+                import_btn = local_files_only(gr.UploadButton("Import chat", file_types=[".json"], elem_id="import",
+                                                              size="sm"))
             export_file = gr.File(label="Chat export", visible=False, elem_id="export-file")
         with gr.Column(scale=1, min_width=300):
             with gr.Accordion("Model", open=False, elem_id="model-accordion"):
