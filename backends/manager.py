@@ -57,7 +57,6 @@ class ModelManager:
         self._backend: Optional[Backend] = None
         self._busy = threading.Lock()
         self._turns = TurnQueue(self._busy, max_waiting)
-        self.max_waiting = max_waiting
         self._state = ManagerState("empty")
         self._state_lock = threading.Lock()
         self._settled = threading.Event()
@@ -162,6 +161,11 @@ class ModelManager:
             self._backend.unload()
 
     # -- generation ------------------------------------------------------------------------
+    @property
+    def max_waiting(self) -> int:
+        """The most replies that may wait in line."""
+        return self._turns.max_waiting
+
     def queue_depth(self) -> int:
         """Replies waiting in line (not counting the one being generated)."""
         return len(self._turns)

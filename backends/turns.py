@@ -67,6 +67,10 @@ class TurnQueue:
         self._cond = threading.Condition()
         self._line: deque[Turn] = deque()
 
+    @property
+    def max_waiting(self) -> int:
+        return self._max_waiting
+
     def __len__(self) -> int:
         with self._cond:
             return len(self._line)

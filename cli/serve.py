@@ -62,15 +62,13 @@ def settings_from_args(argv: list[str]) -> AppSettings:
             auth.append(parse_auth_pair(pair))
         except ValueError as exc:
             raise UsageError(f"--auth: {exc}") from None
-    if args.auth_file:
-        users, file_admins = parse_file(args.auth_file, "--auth-file", parse_auth_file)
-        auth.extend(users)
-        admins.extend(file_admins)
+    for path, flag in ((args.auth_file, "--auth-file"), (args.login_file_once, "--login-file-once")):
+        if path:
+            users, file_admins = parse_file(path, flag, parse_auth_file)
+            auth.extend(users)
+            admins.extend(file_admins)
     if args.login_file_once:
-        users, file_admins = parse_file(args.login_file_once, "--login-file-once", parse_auth_file)
-        args.login_file_once.unlink(missing_ok=True)
-        auth.extend(users)
-        admins.extend(file_admins)
+        args.login_file_once.unlink(missing_ok=True)  # read once: its password stays nowhere on disk
     names = [user for user, _ in auth]
     if len(set(names)) != len(names):
         raise UsageError("a user is listed twice in --auth / --auth-file")

@@ -15,18 +15,22 @@ MODEL_FLAGS = {"--model": True, "--no-default-model": False}
 LOGIN_FLAGS = {"--auth": True, "--auth-file": True, "--admin": True}  # logins given on the command line
 
 
-def _without(argv: list[str], flags: dict[str, bool]) -> list[str]:
-    out, skip = [], False
+def _partition(argv: list[str], flags: dict[str, bool]) -> tuple[list[str], list[str]]:
+    """``argv`` split into (the other arguments, the occurrences of ``flags`` with their values),
+    each in order. ``--flag value`` and ``--flag=value`` both count."""
+    others, matched, take = [], [], False
     for arg in argv:
-        if skip:
-            skip = False
+        if take:
+            matched.append(arg)
+            take = False
             continue
         name = arg.split("=", 1)[0]
         if name in flags:
-            skip = flags[name] and "=" not in arg
-            continue
-        out.append(arg)
-    return out
+            matched.append(arg)
+            take = flags[name] and "=" not in arg
+        else:
+            others.append(arg)
+    return others, matched
 
 
 def restart_argv(argv: list[str], share: bool, login_file: Optional[str] = None,
@@ -40,10 +44,10 @@ def restart_argv(argv: list[str], share: bool, login_file: Optional[str] = None,
     """
     if share and not (login_file or keep_logins):
         raise ValueError("sharing on the network needs logins")
-    kept_login_args = _only(argv, LOGIN_FLAGS) if keep_logins else []
-    out = _without(argv, NETWORK_FLAGS)
+    kept_login_args = _partition(argv, LOGIN_FLAGS)[1] if keep_logins else []
+    out = _partition(argv, NETWORK_FLAGS)[0]
     if model_path is not None:
-        out = _without(out, MODEL_FLAGS) + ["--model", model_path]
+        out = _partition(out, MODEL_FLAGS)[0] + ["--model", model_path]
     if share:
         out += ["--listen", *kept_login_args]
         if login_file:
@@ -52,17 +56,3 @@ def restart_argv(argv: list[str], share: bool, login_file: Optional[str] = None,
         out += kept_login_args
     return out
 
-
-def _only(argv: list[str], flags: dict[str, bool]) -> list[str]:
-    """The occurrences of ``flags`` in ``argv`` (with their values), in order."""
-    out, take = [], False
-    for arg in argv:
-        if take:
-            out.append(arg)
-            take = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in flags:
-            out.append(arg)
-            take = flags[name] and "=" not in arg
-    return out
