@@ -229,8 +229,10 @@ def test_load_unload_five_times_leaves_no_worker_and_no_growth(app, client):
 # -- line 15: a model switch during a reply; a full line ------------------------------------------
 def test_model_switch_during_a_reply_is_refused_and_the_reply_finishes(app, client):
     wait_ready(client)
-    job = client.submit(*send_args("Write a very long story about a lighthouse keeper.", max_tokens=600),
-                        api_name="/send")
+    # Greedy: this prompt runs to its 600-token limit (about 9 s here), so the load below always
+    # arrives while the reply is being generated.
+    job = client.submit(*send_args("Write a very long story about a lighthouse keeper.", max_tokens=600,
+                                   temperature=0.0, seed=1), api_name="/send")
     while not client.predict(api_name="/model_status")["generating"]:
         time.sleep(0.05)
     status = client.predict(EMBEDDED, *LOAD_DEFAULTS, api_name="/load_model")
