@@ -43,6 +43,13 @@ def bot_text(page) -> str:
     return bots.last.inner_text() if bots.count() else ""
 
 
+def stats_line(page) -> str:
+    """The last reply's stats footer (its last <sub> line). Only it says "stopped": the reply's own
+    words may say anything, "the storm stopped" included."""
+    subs = page.locator('#chatbot [data-testid="bot"]').last.locator("sub")
+    return subs.last.inner_text() if subs.count() else ""
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,7 +88,8 @@ def test_chat_stop_and_regenerate_in_a_real_browser(page):
 
     # Stop mid-reply: the partial reply stays and stops growing.
     page.click("#stop")
-    stopped = wait_for(lambda: "stopped" in bot_text(page) and bot_text(page), 3, "the reply to stop")
+    wait_for(lambda: stats_line(page).endswith("stopped"), 3, "the reply to stop")
+    stopped = bot_text(page)
     time.sleep(1.0)
     assert bot_text(page) == stopped
     assert len(stopped) > growth[0]
@@ -89,7 +97,7 @@ def test_chat_stop_and_regenerate_in_a_real_browser(page):
 
     # Regenerate: a fresh reply replaces the stopped one.
     page.click("#regenerate")
-    wait_for(lambda: "stopped" not in bot_text(page) and "tok/s" in bot_text(page), 60, "the regenerated reply")
+    wait_for(lambda: "tok/s" in stats_line(page) and "stopped" not in stats_line(page), 60, "the regenerated reply")
     assert page.locator('#chatbot [data-testid="bot"]').count() == 1
     assert page.locator('#chatbot [data-testid="user"]').count() == 1
     page.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)

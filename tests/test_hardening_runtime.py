@@ -258,7 +258,7 @@ def test_a_full_line_refuses_with_the_count_and_waiting_replies_see_their_place(
     refused = app.client().predict(*send_args("One too many.", max_tokens=2), api_name="/send")[0]
     assert "Busy: 9 requests are ahead of you" in last_reply(refused)
     long_client.predict(api_name="/stop")
-    assert "stopped" in last_reply(long_job.result(timeout=30)[0])
+    assert last_reply(long_job.result(timeout=30)[0]).endswith(" · stopped</sub>")
     finals = [last_reply(job.result(timeout=120)[0]) for job in waiting]
     assert all("tok/s" in text for text in finals), finals
     shown = [str(out) for job in waiting for out in job.outputs()]
