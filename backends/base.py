@@ -60,6 +60,9 @@ class LoadSpec:
     options: AnyLoadOptions = field(default_factory=LoadOptions)
     backend: str = "llama_cpp"
     display_name: str = ""
+    # Start the worker with no GPU visible. A CUDA build of llama.cpp keeps its compute buffers and
+    # a CUDA context on the GPU even with 0 layers offloaded; on a full GPU only this runs it.
+    hide_gpus: bool = False
 
     def __post_init__(self) -> None:
         expected = LOAD_OPTIONS_BY_BACKEND.get(self.backend)
@@ -72,12 +75,13 @@ class LoadSpec:
 
     def to_dict(self) -> dict:
         return {"model_path": self.model_path, "options": self.options.model_dump(),
-                "backend": self.backend, "display_name": self.display_name}
+                "backend": self.backend, "display_name": self.display_name, "hide_gpus": self.hide_gpus}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoadSpec":
         options_model = LOAD_OPTIONS_BY_BACKEND.get(data["backend"], LoadOptions)
-        return cls(data["model_path"], options_model(**data["options"]), data["backend"], data["display_name"])
+        return cls(data["model_path"], options_model(**data["options"]), data["backend"], data["display_name"],
+                   bool(data.get("hide_gpus", False)))
 
 
 @dataclass(frozen=True)

@@ -71,10 +71,12 @@ class WorkerBackend:
         return list(self._stderr_tail)[-n:]
 
     # -- process management ----------------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self, hide_gpus: bool = False) -> None:
         parent, child = Pipe(duplex=True)
         path = os.pathsep.join(filter(None, [str(project_root()), os.environ.get("PYTHONPATH", "")]))
         env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1", **self._extra_env)
+        if hide_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # llama.cpp and torch then find no CUDA device
         self._stderr_tail.clear()
         self._proc = subprocess.Popen(
             [self._python, "-m", "backends.worker_main", "--fd", str(child.fileno()), "--backend", self.name],
@@ -164,7 +166,7 @@ class WorkerBackend:
     def load(self, spec: LoadSpec) -> ModelInfo:
         with self._gen_lock:
             self._stop()
-            self._start()
+            self._start(spec.hide_gpus)
             self._send((wp.LOAD, spec.to_dict()))
             while True:
                 msg = self._recv(timeout=1.0)

@@ -20,7 +20,7 @@ from core.gguf_header import GGUFError
 from core.hardware import GIB, GpuInfo, Hardware
 from core.model_shape import ModelShape
 from core.plan import Plan
-from core.planner import Calibration, evaluate, optimise
+from core.planner import Calibration, evaluate, evaluate_as_asked, optimise
 from core.presets import PresetError
 from core.options import KV_TYPES
 from services.model_files import gguf_shape
@@ -85,12 +85,14 @@ def make_plan(args: argparse.Namespace, shape: ModelShape, hw: Hardware, cal: Ca
     flash = not args.no_flash_attn
     if args.n_gpu_layers is not None or args.kv is not None:
         ngl = args.n_gpu_layers if args.n_gpu_layers is not None else -1
-        plan = evaluate(shape, hw, ngl, args.ctx or min(4096, shape.n_ctx_train or 4096), args.kv or "f16", flash, cal=cal)
+        plan = evaluate_as_asked(shape, hw, ngl, args.ctx or min(4096, shape.n_ctx_train or 4096), args.kv or "f16",
+                                 flash, cal=cal)
     else:
         plan = optimise(shape, hw, goal=args.goal, n_ctx=args.ctx, flash_attn=flash, cal=cal)
     # llama.cpp can only dry-run for the machine it runs on, with the GPUs its build can use.
     same_machine = hw.source == "probe" and (hw.can_offload or plan.n_gpu_layers == 0)
-    if model_path is None or args.no_dry_run or plan.fit == "no_fit" or not same_machine:
+    hidden = plan.extra.get("hide_gpus", False)  # a dry run here would see the GPU the worker will not
+    if model_path is None or args.no_dry_run or plan.fit == "no_fit" or not same_machine or hidden:
         return plan
     from services.dry_run import compute_buffers
 

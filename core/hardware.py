@@ -2,6 +2,7 @@
 (YAML/JSON) so that planning can be asked "what would fit on an RTX 3060 12 GB + 64 GB RAM?"."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -13,6 +14,18 @@ class GpuProcess:
     pid: int
     name: str
     used_bytes: int
+
+    @property
+    def display_name(self) -> str:
+        return markdown_safe_name(self.name)
+
+
+_NAME_UNSAFE = re.compile(r"[\\`*_{}\[\]<>()#|!~]")
+
+
+def markdown_safe_name(name: str) -> str:
+    """A process name without Markdown or HTML characters: another user picks it, the UI shows it."""
+    return _NAME_UNSAFE.sub("", name or "") or "unknown"
 
 
 @dataclass(frozen=True)

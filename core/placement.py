@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from core.hardware import markdown_safe_name
 from core.plan import MemoryBreakdown, Plan
 from core.resources import GIB, MIB, GpuSample, format_bytes
 
@@ -150,12 +151,9 @@ def _prediction(plan: Optional[Plan], on_gpu: int, total: int, gpus: list[str], 
 
 # -- other processes on the GPU -----------------------------------------------------------------
 
-_NAME_UNSAFE = re.compile(r"[\\`*_{}\[\]<>()#|!~]")
-
-
 def _who(processes: Sequence, limit: int = 5) -> str:
     ranked = sorted(processes, key=lambda p: -(p.used_bytes or 0))
-    names = [f"{_NAME_UNSAFE.sub('', p.name) or 'unknown'} (pid {p.pid}, "
+    names = [f"{markdown_safe_name(p.name)} (pid {p.pid}, "
              f"{format_bytes(p.used_bytes) if p.used_bytes is not None else 'size not reported'})"
              for p in ranked[:limit]]
     more = len(ranked) - limit

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
+from core.hardware import GIB, Hardware
+
 Fit = Literal["full_gpu", "partial", "cpu_only", "no_fit"]
 FIT_LABELS = {"full_gpu": "Full GPU", "partial": "Partial", "cpu_only": "CPU only", "no_fit": "Does not fit"}
 
@@ -38,6 +40,7 @@ class Plan:
     quantization: str = ""       # e.g. "Q4_K_M", "NF4"
     goal: str = ""               # "fastest" | "context" | "" (a given configuration)
     extra: dict = field(default_factory=dict)  # backend specifics, e.g. transformers max_memory
+    warning: str = ""            # said before and after the load: see ``cpu_fallback_warning``
 
     @property
     def vram_bytes(self) -> int:
@@ -57,3 +60,22 @@ class Plan:
         data = asdict(self)
         data.update(vram_bytes=self.vram_bytes, ram_bytes=self.ram_bytes, fit_label=self.fit_label)
         return data
+
+
+def cpu_fallback_warning(plan: Plan, hw: Hardware) -> str:
+    """What to tell a user whose machine has a GPU but whose model was planned onto the CPU only:
+    why, how slow it will be, and what would put it on the GPU. "" when that is not the case."""
+    if plan.fit != "cpu_only" or not hw.gpus:
+        return ""
+    gpu = hw.gpus[0]
+    speed = (f"expect about {plan.tokens_per_s:.2g} tokens/s" if plan.tokens_per_s
+             else "expect it to be much slower than on the GPU")
+    if plan.backend == "llama_cpp" and not hw.llama_gpu_offload:
+        return (f"Runs on the CPU only: the installed llama.cpp has no GPU offload, so {gpu.name} stays unused; "
+                f"{speed}. Run the setup again where `nvcc` is installed to build it with CUDA.")
+    holders = sorted((p for p in gpu.processes if p.used_bytes), key=lambda p: -p.used_bytes)
+    held_by = (f", most of it held by {holders[0].display_name} (pid {holders[0].pid}, "
+               f"{holders[0].used_bytes / GIB:.1f} GiB)" if holders else "")
+    return (f"Runs on the CPU only: {gpu.name} has {gpu.free_bytes / GIB:.1f} of {gpu.total_bytes / GIB:.1f} GiB "
+            f"free{held_by}, too little for any layer; {speed}. Free GPU memory (the Resources tab lists who "
+            "holds it) and load again to use the GPU.")

@@ -218,7 +218,33 @@ def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n
     layer_options = range(shape.n_layer + 2) if hw.can_offload else (0,)
     plans = [evaluate(shape, hw, ngl, n_ctx, kv, flash_attn, n_ubatch, cal)
              for kv in kv_types for ngl in layer_options]
-    return _best(plans)
+    best = _best(plans)
+    if best is None and hw.can_offload:
+        best = _best([evaluate_gpu_hidden(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal) for kv in kv_types])
+    return best
+
+
+def evaluate_as_asked(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_type: str = "f16",
+                      flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
+                      goal: str = "") -> Plan:
+    """``evaluate`` for a configuration the user chose; 0 layers on a GPU too full for llama.cpp's
+    CUDA buffers runs with the GPU hidden (``evaluate_gpu_hidden``) rather than being refused."""
+    plan = evaluate(shape, hw, n_gpu_layers, n_ctx, kv_type, flash_attn, n_ubatch, cal, goal=goal)
+    if plan.fit == "no_fit" and n_gpu_layers == 0 and hw.can_offload:
+        hidden = evaluate_gpu_hidden(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal)
+        if hidden.fit != "no_fit":
+            return replace(hidden, goal=goal)
+    return plan
+
+
+def evaluate_gpu_hidden(shape: ModelShape, hw: Hardware, n_ctx: int, kv_type: str = "f16", flash_attn: bool = True,
+                        n_ubatch: int = 512, cal: Calibration = Calibration()) -> Plan:
+    """The model on the CPU with the GPU hidden from llama.cpp (``extra["hide_gpus"]``): a CUDA
+    build keeps a CUDA context and compute buffers on the GPU even with 0 layers offloaded, so on a
+    full GPU this is the only way to run. Only chosen when no plan with the GPU visible fits."""
+    plan = evaluate(shape, replace(hw, llama_gpu_offload=False), 0, n_ctx, kv_type, flash_attn, n_ubatch, cal)
+    return replace(plan, extra={**plan.extra, "hide_gpus": True}, reasons=plan.reasons + (
+        "the GPU has no room even for llama.cpp's CUDA buffers: it is hidden from the model's worker",))
 
 
 def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Optional[int] = None,

@@ -9,7 +9,7 @@ from core.hf_model_shape import TensorInfo, dims_from_config, tensors_from_dims
 from core.hub_fit import plan_transformers, transformers_best_ctx
 from core.model_shape import ModelShape
 from core.plan import Plan
-from core.planner import Calibration, Goal, evaluate, optimise
+from core.planner import Calibration, Goal, evaluate_as_asked, optimise
 from core.presets import Preset, RankedPreset, check_requirements, match_local, shape_from_hint
 
 # backend -> planner(preset, shape, hardware, calibration, goal); transformers registers its own.
@@ -22,7 +22,7 @@ def plan_llama_cpp(preset: Preset, shape: ModelShape, hw: Hardware, cal: Calibra
     fixed_kv = "kv_type" in preset.load and preset.load["kv_type"] is not None
     if opts.n_gpu_layers is not None:
         ctx = opts.n_ctx or min(4096, shape.n_ctx_train or 4096)
-        return evaluate(shape, hw, opts.n_gpu_layers, ctx, opts.kv_type, opts.flash_attn, opts.n_batch, cal)
+        return evaluate_as_asked(shape, hw, opts.n_gpu_layers, ctx, opts.kv_type, opts.flash_attn, opts.n_batch, cal)
     return optimise(shape, hw, goal=goal, n_ctx=opts.n_ctx, flash_attn=opts.flash_attn, n_ubatch=opts.n_batch,
                     cal=cal, kv_types=(opts.kv_type,) if fixed_kv else None)
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from core.hardware import GIB, GpuInfo, Hardware
 from core.hardware_profile import parse_profile
 from core.model_shape import shape_from_headers
-from core.planner import Calibration, evaluate, optimise, pad_ctx
+from core.planner import Calibration, evaluate, evaluate_gpu_hidden, optimise, pad_ctx
 from services.gguf_file import read_header
 from services.yaml_files import load_data_file
 from tools.synth_gguf import write
@@ -159,6 +159,18 @@ def test_gpu_build_uses_vram_even_with_zero_layers(shapes):
     plan = evaluate(shapes["8b"], gpu_machine(24), 0, 4096)
     assert plan.fit == "cpu_only"
     assert plan.gpu.overhead > 0 and plan.gpu.compute >= shapes["8b"].output_bytes
+
+
+@pytest.mark.parametrize("free_gib, hidden", [(0.05, True), (0.8, True), (2.5, False), (12, False)])
+def test_a_gpu_too_full_for_cuda_buffers_runs_the_model_with_the_gpu_hidden(shapes, free_gib, hidden):
+    full = replace(gpu_machine(12), gpus=(replace(gpu_machine(12).gpus[0], free_bytes=int(free_gib * GIB)),))
+    plan = optimise(shapes["8b"], full, n_ctx=4096)
+    assert plan.fit != "no_fit" and plan.extra.get("hide_gpus", False) is hidden
+    if hidden:
+        assert plan.fit == "cpu_only" and plan.vram_bytes == 0 and plan.n_gpu_layers == 0
+        assert replace(plan, goal="") == evaluate_gpu_hidden(shapes["8b"], full, 4096)
+    # Hidden or not, the RAM must fit: a 70B on 16 GiB of RAM does not, GPU or no GPU.
+    assert optimise(shapes["70b"], replace(full, ram_available_bytes=16 * GIB)).fit == "no_fit"
 
 
 def test_nothing_fits_says_why(shapes):

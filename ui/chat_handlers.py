@@ -148,7 +148,10 @@ def load_model(ctx: AppContext, name: Any, load_values: Sequence[Any]) -> str:
         state = ctx.manager.state()
         if state.error != str(exc):  # the previous model is still loaded: say both
             return f"**Load failed.** {exc}\n\n{format_status(state)}"
-    return format_status(ctx.manager.state())
+    state = ctx.manager.state()
+    if state.plan is not None and state.plan.warning:
+        gr.Warning(state.plan.warning)
+    return format_status(state)
 
 
 def unload_model(ctx: AppContext) -> str:

@@ -26,7 +26,8 @@ def describe_model(info: ModelInfo) -> str:
 
 def format_status(state: ManagerState) -> str:
     if state.status == "ready" and state.info is not None:
-        return "**Ready** · " + describe_model(state.info)
+        warning = state.plan.warning if state.plan is not None else ""
+        return "**Ready** · " + describe_model(state.info) + (f"\n\n⚠️ {warning}" if warning else "")
     name = state.spec.display_name if state.spec else ""
     if state.status == "loading":
         return f"**Loading** {name}…"
