@@ -120,6 +120,8 @@ def placement_card(model: Optional[LoadedModel], plan: Optional[Plan], worker_vr
     elif on_gpu and not gpus:
         lines.append(f"⚠️ {on_gpu} layers were asked for on the GPU, but llama.cpp reported no GPU buffers: "
                      "the model runs on the CPU.")
+    if plan is not None and plan.warning:
+        lines.append(f"⚠️ {plan.warning}")
     lines.append(_prediction(plan, on_gpu, total, gpus, devices, overhead, last_tokens_per_s))
     return "\n\n".join(lines)
 

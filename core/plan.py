@@ -76,6 +76,8 @@ def cpu_fallback_warning(plan: Plan, hw: Hardware) -> str:
     holders = sorted((p for p in gpu.processes if p.used_bytes), key=lambda p: -p.used_bytes)
     held_by = (f", most of it held by {holders[0].display_name} (pid {holders[0].pid}, "
                f"{holders[0].used_bytes / GIB:.1f} GiB)" if holders else "")
+    too_little = ("too little even for llama.cpp's CUDA buffers, so the GPU is hidden from the model's worker"
+                  if plan.extra.get("hide_gpus") else "too little for any layer")
     return (f"Runs on the CPU only: {gpu.name} has {gpu.free_bytes / GIB:.1f} of {gpu.total_bytes / GIB:.1f} GiB "
-            f"free{held_by}, too little for any layer; {speed}. Free GPU memory (the Resources tab lists who "
-            "holds it) and load again to use the GPU.")
+            f"free{held_by}, {too_little}; {speed}. Free GPU memory (the Resources tab lists who holds it) and "
+            "load again to use the GPU.")

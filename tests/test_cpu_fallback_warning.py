@@ -82,7 +82,8 @@ def test_on_a_full_gpu_a_cuda_build_runs_with_the_gpu_hidden_and_says_so(embedde
     assert auto.fit == "cpu_only" and auto.gpu.total == 0 and spec.hide_gpus and spec.options.n_gpu_layers == 0
     assert "hidden from the model's worker" in auto.reasons[-1]
     assert auto.warning.startswith("Runs on the CPU only: RTX 3060 has 0.0 of 12.0 GiB free, most of it held by "
-                                   "gamexy (pid 4242, 11.5 GiB), too little for any layer")
+                                   "gamexy (pid 4242, 11.5 GiB), too little even for llama.cpp's CUDA buffers, "
+                                   "so the GPU is hidden from the model's worker; expect about")
     chosen_spec, chosen = planner.prepare(LoadSpec(str(embedded_model), LoadOptions(n_ctx=2048, n_gpu_layers=0)))
     assert chosen_spec.hide_gpus and chosen.fit == "cpu_only" and chosen.warning == ""
     # One layer asked for cannot be had with the GPU hidden: refused, with the reason.

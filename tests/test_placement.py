@@ -1,6 +1,8 @@
 """core.placement: the placement card's text and the other-processes VRAM rule, from plain data."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from core.placement import (LoadedModel, decode_uses_cpu, device_of, layers_on_gpu, measured_breakdown, placement_card,
                             vram_warnings)
 from core.plan import MemoryBreakdown, Plan
@@ -46,6 +48,13 @@ def test_cpu_only_card_without_a_prediction():
     assert "memory-mapped" in text and "worker RSS 212 MiB" in text
     assert "this llama.cpp build has no GPU offload" in text
     assert "no prediction yet" in text and "GPU0" not in text
+
+
+def test_the_plans_cpu_fallback_warning_is_on_the_card():
+    cpu_plan = replace(plan(gpu_gib=(0, 0, 0, 0), n_gpu_layers=0, fit="cpu_only"), warning="Runs on the CPU only: …")
+    text = placement_card(model(EMBEDDED_CPU, n_gpu_layers=0, n_layer=30), cpu_plan, {})
+    assert "\n\n⚠️ Runs on the CPU only: …\n\n| | predicted |" in text
+    assert "⚠️" not in placement_card(model(), plan(), {})
 
 
 def test_partial_offload_card_with_prediction_measurement_and_error():
