@@ -33,12 +33,9 @@ def load_all_presets(ctx: AppContext) -> tuple[dict[str, Preset], list[str]]:
     return load_presets(_folders(ctx, "presets"))
 
 
-def machines(ctx: AppContext) -> tuple[dict[str, Hardware], list[str]]:
-    """This machine first, then the hardware profiles, by label."""
+def _profiles(ctx: AppContext) -> tuple[dict[str, Hardware], list[str]]:
     found: dict[str, Hardware] = {}
     errors: list[str] = []
-    if ctx.hardware is not None:
-        found[THIS_MACHINE] = ctx.hardware()
     for folder in _folders(ctx, "profiles"):
         if folder.is_dir():
             profiles, problems = list_profiles(folder)
@@ -46,6 +43,18 @@ def machines(ctx: AppContext) -> tuple[dict[str, Hardware], list[str]]:
             for hw in profiles.values():
                 found[f"What if: {hw.label}"] = hw
     return found, errors
+
+
+def machines(ctx: AppContext) -> tuple[dict[str, Hardware], list[str]]:
+    """This machine (probed now) first, then the hardware profiles, by label."""
+    profiles, errors = _profiles(ctx)
+    this = {THIS_MACHINE: ctx.hardware()} if ctx.hardware is not None else {}
+    return {**this, **profiles}, errors
+
+
+def machine_labels(ctx: AppContext) -> list[str]:
+    """The same labels without probing: building the tab must not wait for a RAM bandwidth test."""
+    return ([THIS_MACHINE] if ctx.hardware is not None else []) + list(_profiles(ctx)[0])
 
 
 def _library(ctx: AppContext) -> list[tuple[str, str]]:

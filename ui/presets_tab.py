@@ -12,7 +12,7 @@ from ui.context import AppContext
 def build(ctx: AppContext) -> None:
     gr.Markdown("### Presets ranked for your hardware\nPredictions come from the model files' own headers when "
                 "they are on disk, else from the preset's description. Pick another machine to ask *what if*.")
-    machine_labels = list(h.machines(ctx)[0])
+    machine_labels = h.machine_labels(ctx)
     with gr.Row():
         machine = gr.Dropdown(machine_labels, value=machine_labels[0] if machine_labels else None,
                               label="Machine", elem_id="presets-machine", scale=3)
