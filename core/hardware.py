@@ -15,10 +15,6 @@ class GpuProcess:
     name: str
     used_bytes: int
 
-    @property
-    def display_name(self) -> str:
-        return markdown_safe_name(self.name)
-
 
 _NAME_UNSAFE = re.compile(r"[\\`*_{}\[\]<>()#|!~]")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
-from core.hardware import GIB, Hardware
+from core.hardware import GIB, Hardware, markdown_safe_name
 
 Fit = Literal["full_gpu", "partial", "cpu_only", "no_fit"]
 FIT_LABELS = {"full_gpu": "Full GPU", "partial": "Partial", "cpu_only": "CPU only", "no_fit": "Does not fit"}
@@ -74,7 +74,7 @@ def cpu_fallback_warning(plan: Plan, hw: Hardware) -> str:
         return (f"Runs on the CPU only: the installed llama.cpp has no GPU offload, so {gpu.name} stays unused; "
                 f"{speed}. Run the setup again where `nvcc` is installed to build it with CUDA.")
     holders = sorted((p for p in gpu.processes if p.used_bytes), key=lambda p: -p.used_bytes)
-    held_by = (f", most of it held by {holders[0].display_name} (pid {holders[0].pid}, "
+    held_by = (f", most of it held by {markdown_safe_name(holders[0].name)} (pid {holders[0].pid}, "
                f"{holders[0].used_bytes / GIB:.1f} GiB)" if holders else "")
     too_little = ("too little even for llama.cpp's CUDA buffers, so the GPU is hidden from the model's worker"
                   if plan.extra.get("hide_gpus") else "too little for any layer")

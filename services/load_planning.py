@@ -79,9 +79,7 @@ class LoadPlanner:
         worker plans the real placement (and refuses what cannot fit) with torch's view of the GPU."""
         from services.hf_repo import RepoError, inspect_repo
 
-        opts = spec.options
-        if not isinstance(opts, TransformersLoadOptions):
-            return None  # the worker refuses it with the reason
+        opts: TransformersLoadOptions = spec.options  # LoadSpec enforces the backend's options type
         try:
             repo = inspect_repo(spec.model_path)
         except RepoError:
