@@ -56,6 +56,12 @@ def test_display_shows_stats_and_errors_but_model_sees_plain_text():
     assert model_messages(h)[-1]["content"] == "partial"
 
 
+def test_format_stats_of_a_one_token_reply_has_no_speed():
+    one = format_stats(GenerationStats(500, 1, 0.3, 0.0, 0.3, 2048, "stop"))
+    assert one.startswith("1 token · n/a tok/s · TTFT 0.30 s")
+    assert format_stats(GenerationStats(500, 3, 0.3, 12.5, 0.5, 2048, "stop")).startswith("3 tokens · 12.5 tok/s")
+
+
 def test_format_stats_mentions_stop_and_cutoffs():
     assert "stopped" in format_stats(GenerationStats(1, 2, 0.1, 1.0, 1.0, 10, "cancelled"))
     assert "context full" in format_stats(GenerationStats(1, 2, 0.1, 1.0, 1.0, 10, "context"))

@@ -7,7 +7,9 @@ import io
 import pytest
 
 from core.resources import (GIB, MIB, GenerationSample, GpuSample, ResourceSample, SampleHistory, SystemSample,
-                            VramProcess, format_bytes, history_csv, plot_points)
+                            VramProcess, format_bytes, generation_sample, history_csv, plot_points)
+from core.generation import GenerationProgress, GenerationStats
+from ui.resources_view import generation_card
 
 T0 = 1_795_000_000.0
 
@@ -86,6 +88,23 @@ def test_plot_series_leave_gaps_for_missing_figures():
 def test_tokens_per_second_is_plotted_only_while_a_reply_streams():
     rows = [sample(1, generation=GenerationSample(True, 40.0)), sample(2, generation=GenerationSample(False, 40.0))]
     assert plot_points(rows, "tokens") == [(T0 + 1, "tokens/s", 40.0), (T0 + 2, "tokens/s", 0.0)]
+
+
+def test_a_reply_of_one_token_has_no_decode_speed_yet_rather_than_zero():
+    live = GenerationProgress(started=10.0, n_ctx=2048, prompt_tokens=500)
+    waiting = generation_sample(live, None)
+    assert waiting.active and waiting.tokens_per_s is None and waiting.ttft_s is None
+    assert waiting.live_tokens_per_s == 0.0  # the plot still gets a number
+    live.completion_tokens, live.first_token_at, live.last_token_at = 1, 10.4, 10.4
+    one = generation_sample(live, None)
+    assert one.tokens_per_s is None and one.ttft_s == pytest.approx(0.4)
+    card = generation_card(one)
+    assert "measuring…" in card and "0.0 tokens/s" not in card and "400 ms" in card
+    live.completion_tokens, live.last_token_at = 11, 10.9
+    assert generation_sample(live, None).tokens_per_s == pytest.approx(20.0)
+    assert "20.0 tokens/s" in generation_card(generation_sample(live, None))
+    one_token_reply = GenerationStats(500, 1, 0.4, 0.0, 0.4, 2048, "stop")
+    assert "decode speed</span><span>n/a" in generation_card(generation_sample(None, one_token_reply))
 
 
 def test_format_bytes():

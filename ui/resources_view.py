@@ -95,11 +95,13 @@ def system_cards(s: SystemSample) -> str:
 
 
 def generation_card(g: GenerationSample) -> str:
-    if g.tokens_per_s is None and not g.active:
+    if not g.active and g.context_used is None:  # the empty sample: no reply since the model loaded
         return _card("Generation", '<div class="rs-note">No reply yet.</div>', "resources-generation")
     body = _row("now" if g.active else "last reply", "generating" if g.active else "finished")
-    body += _row("decode speed", _fmt(g.tokens_per_s, "{:.1f}", " tokens/s"))
-    body += _row("time to first token", _fmt(None if g.ttft_s is None else 1000 * g.ttft_s, unit=" ms"))
+    pending = "measuring…" if g.active else "n/a"
+    speed = pending if g.tokens_per_s is None else _fmt(g.tokens_per_s, "{:.1f}", " tokens/s")
+    ttft = pending if g.ttft_s is None else _fmt(1000 * g.ttft_s, unit=" ms")
+    body += _row("decode speed", speed) + _row("time to first token", ttft)
     if g.context_used is not None:
         body += _row("context used", f"{g.context_used:,} / {g.n_ctx:,}" if g.n_ctx else f"{g.context_used:,}")
         body += _bar(_ratio(g.context_used, g.n_ctx))
