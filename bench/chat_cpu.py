@@ -111,11 +111,12 @@ def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int) -> dict:
                 break
     reply = final[-1]["content"]
     text = reply if isinstance(reply, str) else "".join(p.get("text", "") for p in reply)
-    tokens = int(re.search(r"(\d+) tokens", text).group(1))
+    tokens = int(re.search(r"(\d+) tokens?", text).group(1))
+    server_speed = re.search(r"([\d.]+) tok/s", text)  # "n/a tok/s" for a one-token reply
     first = first or last
     return {"ttft_s": first - start, "tokens_per_s": (tokens - 1) / (last - first) if last > first else 0.0,
             "tokens": tokens,
-            "server_tokens_per_s": float(re.search(r"([\d.]+) tok/s", text).group(1))}  # the worker's own timing
+            "server_tokens_per_s": float(server_speed.group(1)) if server_speed else 0.0}  # the worker's own timing
 
 
 # Sent through a path before each measured request on it, so that every path starts from the same
