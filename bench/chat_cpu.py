@@ -80,12 +80,15 @@ def _client():
     return keep_alive_client()
 
 
-def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int) -> dict:
+def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int, session: str | None = None) -> dict:
+    """One chat over Gradio's queue. ``session``: the browser tab's session hash. A tab's first event
+    makes Gradio build per-session state for every component (about 30 ms here, against 3 ms for a
+    later join), which the page-load event pays in a browser; None opens a fresh session."""
     from core.options import SamplingOptions
 
     values = {**SamplingOptions().model_dump(), "temperature": 0.0, "seed": "1", "max_tokens": max_tokens, "stop": ""}
     data = [message, None, "", *[values[k] for k in SamplingOptions.model_fields]]
-    session = uuid.uuid4().hex[:12]
+    session = session or uuid.uuid4().hex[:12]
     start = time.perf_counter()
     http = _client()
     http.post(f"{base}/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
@@ -113,10 +116,13 @@ def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int) -> dict:
     text = reply if isinstance(reply, str) else "".join(p.get("text", "") for p in reply)
     tokens = int(re.search(r"(\d+) tokens?", text).group(1))
     server_speed = re.search(r"([\d.]+) tok/s", text)  # "n/a tok/s" for a one-token reply
+    server_ttft = re.search(r"TTFT ([\d.]+) (ms|s)", text)
     first = first or last
     return {"ttft_s": first - start, "tokens_per_s": (tokens - 1) / (last - first) if last > first else 0.0,
             "tokens": tokens,
-            "server_tokens_per_s": float(server_speed.group(1)) if server_speed else 0.0}  # the worker's own timing
+            "server_tokens_per_s": float(server_speed.group(1)) if server_speed else 0.0,
+            # the worker's own TTFT (request in the worker -> first token): what the app adds is the rest
+            "server_ttft_s": float(server_ttft[1]) / (1000 if server_ttft[2] == "ms" else 1)}  # the worker's own timing
 
 
 # Sent through a path before each measured request on it, so that every path starts from the same
@@ -129,8 +135,25 @@ def other_conversation_raw(llm) -> None:
     llm.create_chat_completion([{"role": "user", "content": OTHER_PROMPT}], max_tokens=2)
 
 
-def other_conversation_app(base: str, fn_index: int) -> None:
-    _sse_chat(base, fn_index, OTHER_PROMPT, 2)
+def other_conversation_app(base: str, fn_index: int, session: str | None = None) -> None:
+    if session:
+        new_chat(base, session)
+    _sse_chat(base, fn_index, OTHER_PROMPT, 2, session)
+    if session:
+        new_chat(base, session)
+
+
+@functools.lru_cache(maxsize=8)
+def _fn_index(base: str, api_name: str) -> int:
+    config = _client().get(base.rsplit("/gradio_api", 1)[0] + "/config").json()
+    return next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == api_name)
+
+
+def new_chat(base: str, session: str) -> None:
+    """Press Clear in the tab: the conversation is per session (``gr.State``), so the next message
+    starts a new one instead of continuing the last."""
+    _client().post(f"{base}/run/predict", json={"data": [""], "fn_index": _fn_index(base, "clear"), "session_hash": session,
+                                                "event_data": None, "trigger_id": None}).raise_for_status()
 
 
 def engine_once(engine, prompt: str, max_tokens: int) -> dict:
@@ -227,14 +250,15 @@ def main() -> int:
     engine.load(LoadSpec(model, LoadOptions(n_ctx=args.ctx, n_threads=args.threads)))
     raw = {"create_chat_completion": [], "generate_loop": [], "fitchat_engine_in_process": []}
     app = []
+    tab = uuid.uuid4().hex[:12]  # one browser tab sends every message, as a user's does
     for i in range(args.runs + 1):  # run 0 warms up and is dropped
         other_conversation_raw(llm)
         rows = (raw_chat_once(llm, PROMPTS[i], args.max_tokens), raw_generate_once(llm, PROMPTS[i], args.max_tokens),
                 engine_once(engine, PROMPTS[i], args.max_tokens))
         # The app last, after its own cache reset: that request also lets this process's llama.cpp
         # threads (which spin for a while after they compute) go quiet before the app is timed.
-        other_conversation_app(base, fn_index)
-        rows += (_sse_chat(base, fn_index, PROMPTS[i], args.max_tokens),)
+        other_conversation_app(base, fn_index, tab)
+        rows += (_sse_chat(base, fn_index, PROMPTS[i], args.max_tokens, tab),)
         if i:
             raw["create_chat_completion"].append(rows[0])
             raw["generate_loop"].append(rows[1])
@@ -244,14 +268,18 @@ def main() -> int:
     engine.unload()
     stop_app(proc)
     summary = {
-        "threads": args.threads, "max_tokens": args.max_tokens, "runs": args.runs,
+        "threads": args.threads, "max_tokens": args.max_tokens, "runs": args.runs, "app_session": "one per run",
         "raw_chat_tokens_per_s": med(raw["create_chat_completion"], "tokens_per_s"),
         "raw_chat_ttft_ms": 1000 * med(raw["create_chat_completion"], "ttft_s"),
         "raw_generate_tokens_per_s": med(raw["generate_loop"], "tokens_per_s"),
         "raw_generate_ttft_ms": 1000 * med(raw["generate_loop"], "ttft_s"),
         "engine_in_process_tokens_per_s": med(raw["fitchat_engine_in_process"], "tokens_per_s"),
+        "engine_in_process_ttft_ms": 1000 * med(raw["fitchat_engine_in_process"], "ttft_s"),
         "app_tokens_per_s": med(app, "tokens_per_s"),
         "app_ttft_ms": 1000 * med(app, "ttft_s"),
+        "app_worker_ttft_ms": 1000 * med(app, "server_ttft_s"),
+        # paired per request, so the engine's own run-to-run spread (±30 ms here) cancels out
+        "app_added_ttft_ms": 1000 * statistics.median(r["ttft_s"] - r["server_ttft_s"] for r in app),
         "app_cold_start_s": statistics.median(cold),
         "import_gradio_s": statistics.median(gradio_import),
     }

@@ -121,7 +121,7 @@ def format_stats(stats: GenerationStats) -> str:
         f"{stats.completion_tokens} token{'' if stats.completion_tokens == 1 else 's'}",
         # decode speed is measured between tokens: one token has none
         f"{stats.decode_tokens_per_s:.1f} tok/s" if stats.completion_tokens >= 2 else "n/a tok/s",
-        f"TTFT {stats.ttft_s:.2f} s",
+        f"TTFT {stats.ttft_s * 1000:.0f} ms" if stats.ttft_s < 1 else f"TTFT {stats.ttft_s:.2f} s",
         f"context {stats.context_used}/{stats.n_ctx} ({stats.context_fraction:.0%})",
     ]
     if stats.finish_reason == "cancelled":

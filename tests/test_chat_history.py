@@ -58,8 +58,9 @@ def test_display_shows_stats_and_errors_but_model_sees_plain_text():
 
 def test_format_stats_of_a_one_token_reply_has_no_speed():
     one = format_stats(GenerationStats(500, 1, 0.3, 0.0, 0.3, 2048, "stop"))
-    assert one.startswith("1 token · n/a tok/s · TTFT 0.30 s")
-    assert format_stats(GenerationStats(500, 3, 0.3, 12.5, 0.5, 2048, "stop")).startswith("3 tokens · 12.5 tok/s")
+    assert one.startswith("1 token · n/a tok/s · TTFT 300 ms")
+    assert format_stats(GenerationStats(500, 3, 1.25, 12.5, 1.5, 2048, "stop")).startswith(
+        "3 tokens · 12.5 tok/s · TTFT 1.25 s")
 
 
 def test_format_stats_mentions_stop_and_cutoffs():
