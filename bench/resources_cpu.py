@@ -223,17 +223,23 @@ def main() -> int:
         print("idle:", json.dumps(report["idle"]), flush=True)
         _sse_chat(base, fn_index, PROMPTS[0], args.max_tokens)  # warm-up
         runs = {"open": [], "closed": []}
+        # CPU the browser and the app's UI process take during each reply: what the panel costs the
+        # model directly, free of the machine's speed swings that tokens/s carry.
+        watched = {"browser": process_groups(proc.pid)["browser"], "ui": [proc.pid]}
         for i in range(args.runs):
             for state in ((True, False) if i % 2 == 0 else (False, True)):
                 set_panel(viewer, client, state)
+                before, start = {k: cpu_seconds(v) for k, v in watched.items()}, time.perf_counter()
                 row = _sse_chat(base, fn_index, PROMPTS[i + 1], args.max_tokens)
+                wall = time.perf_counter() - start
+                row.update({f"{k}_cpu_percent": 100 * (cpu_seconds(v) - before[k]) / wall for k, v in watched.items()})
                 runs["open" if state else "closed"].append(row)
                 print(i, "open" if state else "closed", json.dumps(row), flush=True)
         report["app_sampler_status"] = client.predict(api_name="/resources_status")
         if isinstance(viewer, BrowserViewer):
             viewer.close()
         summary = {}
-        for key in ("server_tokens_per_s", "tokens_per_s", "ttft_s"):
+        for key in ("server_tokens_per_s", "tokens_per_s", "ttft_s", "browser_cpu_percent", "ui_cpu_percent"):
             o, c = (statistics.median(r[key] for r in runs[s]) for s in ("open", "closed"))
             summary[key] = {"open": o, "closed": c, "open_vs_closed": o / c}
         pair = [o["server_tokens_per_s"] / c["server_tokens_per_s"] for o, c in zip(runs["open"], runs["closed"])]
