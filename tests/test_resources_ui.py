@@ -112,7 +112,16 @@ def test_the_panel_refreshes_every_few_seconds_while_the_cpu_generates():
     sampler.sample_once()
     slow = outputs(h.panel(ctx, sampler, on_gpu["seen"]))
     assert slow["timer"] == {"__type__": "update", "value": h.CPU_DECODE_REFRESH_S}
-    assert "shown every 5 s while the model generates on the CPU" in slow["status"]
+    assert "shown every 5 s while the model generates on the CPU, plots every 30 s" in slow["status"]
+    # The plots, the slowest part for a browser to redraw, wait CPU_DECODE_PLOT_EVERY samples, not PLOT_EVERY.
+    seen, plotted = slow["seen"], slow["seen"].plotted
+    redraws = []
+    for _ in range(h.CPU_DECODE_PLOT_EVERY):
+        sampler.sample_once()
+        out = outputs(h.panel(ctx, sampler, seen))
+        seen = out["seen"]
+        redraws.append(out["ram"] != gr.skip())
+    assert redraws.index(True) == plotted + h.CPU_DECODE_PLOT_EVERY - slow["seen"].seq - 1 and sum(redraws) == 1
     h.tick(ctx, sampler, "browser", slow["seen"])  # nothing new: all skipped, but the lease fits the slow timer
     assert sampler._viewers["browser"] - time.monotonic() > 3 * h.CPU_DECODE_REFRESH_S
     state["gen"] = GenerationSample(False, 50.0, 0.1, 300, 4096)

@@ -23,6 +23,7 @@ PANEL_OUTPUTS = ("status", "gauges", *PLOT_METRICS, "placement", "warning", "see
 GPU_PLOTS = ("vram", "gpu_util")
 EXPORTS_KEPT = 10
 PLOT_EVERY = 5  # samples between plot redraws
+CPU_DECODE_PLOT_EVERY = 30  # the same while the model generates on the CPU: plots are what a browser redraws slowest
 REFRESH_S = 1.0       # the panel's timer
 CPU_DECODE_REFRESH_S = 5.0  # while the model generates on the CPU: the browser's redraws would slow it
 
@@ -93,7 +94,9 @@ def panel(ctx: AppContext, sampler, seen: Any) -> tuple:
         skip = tuple(gr.skip() for _ in PANEL_OUTPUTS)
         return skip if latest is not None else (status_line(None, {}), gauges_html(None), *skip[2:])
     gpus = has_gpus(samples)
-    replot = not seen.plotted or latest.seq - seen.plotted >= PLOT_EVERY
+    refresh = refresh_interval(ctx, latest)
+    every = CPU_DECODE_PLOT_EVERY if refresh == CPU_DECODE_REFRESH_S else PLOT_EVERY
+    replot = not seen.plotted or latest.seq - seen.plotted >= every
     plots = []
     for metric in PLOT_METRICS:
         if not replot:
@@ -103,9 +106,9 @@ def panel(ctx: AppContext, sampler, seen: Any) -> tuple:
         else:
             plots.append(gr.update(value=plot_data(samples, metric), visible=True))
     placement, warning = placement_text(ctx, latest), warning_text(ctx, latest)
-    refresh = refresh_interval(ctx, latest)
     now = Seen(latest.seq, latest.seq if replot else seen.plotted, placement, warning, refresh)
-    return (status_line(latest, sampler.status(), refresh), gauges_html(latest), *plots,
+    interval = sampler.status().get("interval_s", 1)
+    return (status_line(latest, sampler.status(), refresh, every * interval), gauges_html(latest), *plots,
             placement if placement != seen.placement else gr.skip(),
             warning if warning != seen.warning or not seen.seq else gr.skip(), now,
             # Only the interval: an "active" here could restart a timer its tab has just stopped.

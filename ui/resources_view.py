@@ -120,14 +120,16 @@ def gauges_html(sample: Optional[ResourceSample]) -> str:
     return f'<div class="rs-grid">{"".join(cards)}</div>'
 
 
-def status_line(sample: Optional[ResourceSample], status: dict, refresh_s: float = 1.0) -> str:
+def status_line(sample: Optional[ResourceSample], status: dict, refresh_s: float = 1.0,
+                plot_every_s: float = 5.0) -> str:
     if sample is None:
         return "Starting the sampler…"
     clock = time.strftime("%H:%M:%S", time.localtime(sample.time))
     cost = status.get("cpu_ms_per_tick")
     text = f"Sample {sample.seq} at {clock} · sampled every {status.get('interval_s', 1):g} s while this tab is open"
     if refresh_s > status.get("interval_s", 1):
-        text += f" · shown every {refresh_s:g} s while the model generates on the CPU, to leave it the cores"
+        text += (f" · shown every {refresh_s:g} s while the model generates on the CPU, plots every"
+                 f" {plot_every_s:g} s, to leave it the cores")
     if cost is not None:
         text += f" · sampler cost {cost:.2f} ms CPU per sample"
     if sample.gpu_note:
