@@ -50,14 +50,15 @@ def stats_line(page) -> str:
     return subs.last.inner_text() if subs.count() else ""
 
 
-def wait_for(predicate, timeout: float, what: str):
+def wait_for(predicate, timeout: float, what: str, seen=None):
+    """``seen``: a callable whose value goes into the failure message (what was there instead)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f"; saw {seen()!r}" if seen else ""))
 
 
 def test_chat_stop_and_regenerate_in_a_real_browser(page):
@@ -97,9 +98,11 @@ def test_chat_stop_and_regenerate_in_a_real_browser(page):
     assert len(stopped) > growth[0]
     page.screenshot(path=str(ARTIFACTS / "browser-stopped.png"), full_page=True)
 
-    # Regenerate: a fresh reply replaces the stopped one.
+    # Regenerate: a fresh reply replaces the stopped one (short: a loaded CI machine decodes slowly).
+    page.fill("#sampling-max_tokens input", "60")
     page.click("#regenerate")
-    wait_for(lambda: "tok/s" in stats_line(page) and "stopped" not in stats_line(page), 60, "the regenerated reply")
+    wait_for(lambda: "tok/s" in stats_line(page) and "stopped" not in stats_line(page), 60, "the regenerated reply",
+             seen=lambda: (bot_text(page)[-300:], page.inner_text("#model-status")))
     wait_for(lambda: page.locator('#chatbot [data-testid="bot"]').count() == 1
              and page.locator('#chatbot [data-testid="user"]').count() == 1, 5,
              "one user message and one reply (the regenerated reply replaced the stopped one)")

@@ -32,6 +32,8 @@ def test_login_over_the_lan_address_then_chat(tmp_path, chromium):
         deadline = time.monotonic() + 60
         while "Ready" not in page.inner_text("#model-status") and time.monotonic() < deadline:
             time.sleep(0.3)
+        page.click("#sampling-accordion")
+        page.fill("#sampling-max_tokens input", "40")  # a short reply: only the round trip is tested here
         page.fill("#message textarea", "Say hello.")
         page.click("#send")
         page.wait_for_function("() => { const b = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"

@@ -83,7 +83,7 @@ def test_live_values_while_a_chat_streams_then_the_timer_stops(app, chromium):
         # A tick can land on a reply's first token, whose speed is still being measured; never on a zero.
         speeds = [re.search(r"decode speed\s+(measuring…|([\d.]+) tokens/s)", s[1]) for s in streaming]
         assert all(m for m in speeds), streaming
-        assert all(m[2] is None or float(m[2]) > 1 for m in speeds), streaming
+        assert all(m[2] is None or float(m[2]) > 0 for m in speeds), streaming  # a speed, never a zero
         assert any(m[2] for m in speeds), f"no tick showed a decode speed: {streaming}"
         assert "CPU only" in page.inner_text("#resources-gauges") or page.locator("#resources-gpu0").count()
         assert "31/31 layers" in page.inner_text("#resources-placement")
