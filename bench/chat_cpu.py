@@ -122,7 +122,7 @@ def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int, session: 
             "tokens": tokens,
             "server_tokens_per_s": float(server_speed.group(1)) if server_speed else 0.0,
             # the worker's own TTFT (request in the worker -> first token): what the app adds is the rest
-            "server_ttft_s": float(server_ttft[1]) / (1000 if server_ttft[2] == "ms" else 1)}  # the worker's own timing
+            "server_ttft_s": float(server_ttft[1]) / (1000 if server_ttft[2] == "ms" else 1)}
 
 
 # Sent through a path before each measured request on it, so that every path starts from the same
@@ -191,15 +191,13 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 
 def app_endpoint(port: int) -> tuple[str, int]:
-    import httpx
     from gradio_client import Client
 
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
     while client.predict(api_name="/model_status")["status"] != "ready":
         time.sleep(0.1)
-    config = httpx.get(f"http://127.0.0.1:{port}/config").json()
-    fn_index = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "send")
-    return f"http://127.0.0.1:{port}/gradio_api", fn_index
+    base = f"http://127.0.0.1:{port}/gradio_api"
+    return base, _fn_index(base, "send")
 
 
 def import_gradio_times(n: int = 3) -> list[float]:

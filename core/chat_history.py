@@ -119,8 +119,7 @@ def model_messages(history: History, system_prompt: str = "") -> list[dict]:
 def format_stats(stats: GenerationStats) -> str:
     parts = [
         f"{stats.completion_tokens} token{'' if stats.completion_tokens == 1 else 's'}",
-        # decode speed is measured between tokens: one token has none
-        f"{stats.decode_tokens_per_s:.1f} tok/s" if stats.completion_tokens >= 2 else "n/a tok/s",
+        "n/a tok/s" if stats.measured_tokens_per_s is None else f"{stats.measured_tokens_per_s:.1f} tok/s",
         f"TTFT {stats.ttft_s * 1000:.0f} ms" if stats.ttft_s < 1 else f"TTFT {stats.ttft_s:.2f} s",
         f"context {stats.context_used}/{stats.n_ctx} ({stats.context_fraction:.0%})",
     ]

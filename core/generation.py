@@ -28,6 +28,11 @@ class GenerationStats:
     def context_fraction(self) -> float:
         return self.context_used / self.n_ctx if self.n_ctx else 0.0
 
+    @property
+    def measured_tokens_per_s(self) -> Optional[float]:
+        """The decode speed, None for a reply too short to time (see ``speed_measurable``)."""
+        return self.decode_tokens_per_s if speed_measurable(self.completion_tokens) else None
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -46,7 +51,10 @@ class GenerationProgress:
     first_token_at: Optional[float] = None
     last_token_at: Optional[float] = None
 
-    def tokens_per_s(self) -> float:
+    def tokens_per_s(self) -> Optional[float]:
+        """The decode speed so far, None until it can be timed (see ``speed_measurable``)."""
+        if not speed_measurable(self.completion_tokens):
+            return None
         return decode_tokens_per_s(self.completion_tokens, self.first_token_at, self.last_token_at)
 
     @property
@@ -54,8 +62,13 @@ class GenerationProgress:
         return self.prompt_tokens + self.completion_tokens
 
 
+def speed_measurable(completion_tokens: int) -> bool:
+    """Decode speed is timed between tokens: a reply of fewer than two has none (unknown, not zero)."""
+    return completion_tokens >= 2
+
+
 def decode_tokens_per_s(completion_tokens: int, t_first: Optional[float], t_last: Optional[float]) -> float:
-    if completion_tokens < 2 or t_first is None or t_last is None or t_last <= t_first:
+    if not speed_measurable(completion_tokens) or t_first is None or t_last is None or t_last <= t_first:
         return 0.0
     return (completion_tokens - 1) / (t_last - t_first)
 

@@ -98,12 +98,9 @@ class GenerationSample:
 def generation_sample(live: Optional[GenerationProgress], last: Optional[GenerationStats]) -> GenerationSample:
     if live is not None:
         ttft = live.first_token_at - live.started if live.first_token_at is not None else None
-        # Decode speed needs two tokens; before that it is unknown, not zero.
-        speed = live.tokens_per_s() if live.completion_tokens >= 2 else None
-        return GenerationSample(True, speed, ttft, live.context_used, live.n_ctx or None)
+        return GenerationSample(True, live.tokens_per_s(), ttft, live.context_used, live.n_ctx or None)
     if last is not None:
-        speed = last.decode_tokens_per_s if last.completion_tokens >= 2 else None
-        return GenerationSample(False, speed, last.ttft_s, last.context_used, last.n_ctx or None)
+        return GenerationSample(False, last.measured_tokens_per_s, last.ttft_s, last.context_used, last.n_ctx or None)
     return GenerationSample()
 
 

@@ -107,8 +107,8 @@ def panel(ctx: AppContext, sampler, seen: Any) -> tuple:
             plots.append(gr.update(value=plot_data(samples, metric), visible=True))
     placement, warning = placement_text(ctx, latest), warning_text(ctx, latest)
     now = Seen(latest.seq, latest.seq if replot else seen.plotted, placement, warning, refresh)
-    interval = sampler.status().get("interval_s", 1)
-    return (status_line(latest, sampler.status(), refresh, every * interval), gauges_html(latest), *plots,
+    status = sampler.status()
+    return (status_line(latest, status, refresh, every * status.get("interval_s", 1)), gauges_html(latest), *plots,
             placement if placement != seen.placement else gr.skip(),
             warning if warning != seen.warning or not seen.seq else gr.skip(), now,
             # Only the interval: an "active" here could restart a timer its tab has just stopped.
