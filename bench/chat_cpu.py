@@ -80,38 +80,50 @@ def _client():
     return keep_alive_client()
 
 
+def join(base: str, fn_index: int, session: str, data: list) -> None:
+    """Put an event on the session's Gradio queue, as the browser's ``queue/join`` does."""
+    _client().post(f"{base}/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
+                                               "event_data": None, "trigger_id": None}).raise_for_status()
+
+
+def queue_events(base: str, session: str):
+    """(perf_counter time, message) from the session's SSE stream until its event completes."""
+    with _client().stream("GET", f"{base}/queue/data", params={"session_hash": session}, timeout=120) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data:"):
+                msg = json.loads(line[5:])
+                yield time.perf_counter(), msg
+                if msg.get("msg") == "process_completed":
+                    return
+
+
 def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int, session: str | None = None) -> dict:
     """One chat over Gradio's queue. ``session``: the browser tab's session hash. A tab's first event
-    makes Gradio build per-session state for every component (about 30 ms here, against 3 ms for a
-    later join), which the page-load event pays in a browser; None opens a fresh session."""
+    makes Gradio build per-session state for every component (bench/ttft_steps.py measures it),
+    which the page-load event pays in a browser; None opens a fresh session."""
     from core.options import SamplingOptions
 
     values = {**SamplingOptions().model_dump(), "temperature": 0.0, "seed": "1", "max_tokens": max_tokens, "stop": ""}
     data = [message, None, "", *[values[k] for k in SamplingOptions.model_fields]]
     session = session or uuid.uuid4().hex[:12]
     start = time.perf_counter()
-    http = _client()
-    http.post(f"{base}/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
-                                           "event_data": None, "trigger_id": None}).raise_for_status()
-    first = last = None
+    join(base, fn_index, session, data)
+    joined = time.perf_counter()
+    echo = first = last = None
     final = None
-    with http.stream("GET", f"{base}/queue/data", params={"session_hash": session}, timeout=120) as resp:
-        for line in resp.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            msg = json.loads(line[5:])
-            if msg.get("msg") == "process_generating":
-                # After the first full value (the user's message), the chatbot arrives as diffs
-                # ([op, path, value] lists): each one carries new reply text.
-                now = time.perf_counter()
-                value = msg["output"]["data"][0]
-                if value and isinstance(value[0], list):
-                    first = first or now
-                    last = now
-            elif msg.get("msg") == "process_completed":
-                last = time.perf_counter()
-                final = msg["output"]["data"][0]
-                break
+    for now, msg in queue_events(base, session):
+        if msg.get("msg") == "process_generating":
+            # The first full value is the user's message echoed; after it the chatbot arrives as
+            # diffs ([op, path, value] lists): each one carries new reply text.
+            value = msg["output"]["data"][0]
+            if value and isinstance(value[0], list):
+                first = first or now
+                last = now
+            else:
+                echo = echo or now
+        elif msg.get("msg") == "process_completed":
+            last = now
+            final = msg["output"]["data"][0]
     reply = final[-1]["content"]
     text = reply if isinstance(reply, str) else "".join(p.get("text", "") for p in reply)
     tokens = int(re.search(r"(\d+) tokens?", text).group(1))
@@ -119,7 +131,7 @@ def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int, session: 
     server_ttft = re.search(r"TTFT ([\d.]+) (ms|s)", text)
     first = first or last
     return {"ttft_s": first - start, "tokens_per_s": (tokens - 1) / (last - first) if last > first else 0.0,
-            "tokens": tokens,
+            "tokens": tokens, "join_s": joined - start, "echo_s": (echo or first) - start,
             "server_tokens_per_s": float(server_speed.group(1)) if server_speed else 0.0,
             # the worker's own TTFT (request in the worker -> first token): what the app adds is the rest
             "server_ttft_s": float(server_ttft[1]) / (1000 if server_ttft[2] == "ms" else 1)}

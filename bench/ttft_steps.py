@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -25,62 +24,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chat_cpu import (PROMPTS, _client, _fn_index, app_endpoint, new_chat,  # noqa: E402
-                            other_conversation_app, start_app, stop_app)
+from bench.chat_cpu import (PROMPTS, _fn_index, _sse_chat, app_endpoint, join, new_chat,  # noqa: E402
+                            other_conversation_app, queue_events, start_app, stop_app)
+from bench.resources_cpu import cpu_seconds  # noqa: E402
 from services.cpu import physical_cores  # noqa: E402
-
-
-def _post_join(base: str, fn_index: int, session: str, data: list) -> None:
-    _client().post(f"{base}/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
-                                               "event_data": None, "trigger_id": None}).raise_for_status()
-
-
-def _events(base: str, session: str):
-    """(seconds, message) from the session's stream until the event completes."""
-    with _client().stream("GET", f"{base}/queue/data", params={"session_hash": session}, timeout=120) as resp:
-        for line in resp.iter_lines():
-            if line.startswith("data:"):
-                msg = json.loads(line[5:])
-                yield time.perf_counter(), msg
-                if msg.get("msg") == "process_completed":
-                    return
 
 
 def join_ms(base: str, fn_index: int, session: str | None) -> float:
     session = session or uuid.uuid4().hex[:12]
     start = time.perf_counter()
-    _post_join(base, fn_index, session, [])
+    join(base, fn_index, session, [])
     took = time.perf_counter() - start
-    for _ in _events(base, session):
+    for _ in queue_events(base, session):
         pass
     return 1000 * took
 
 
 def chat_steps(base: str, fn_index: int, session: str, prompt: str, max_tokens: int) -> dict:
-    from core.options import SamplingOptions
-
-    values = {**SamplingOptions().model_dump(), "temperature": 0.0, "seed": "1", "max_tokens": max_tokens, "stop": ""}
-    start = time.perf_counter()
-    _post_join(base, fn_index, session, [prompt, None, "", *[values[k] for k in SamplingOptions.model_fields]])
-    steps = {"join": time.perf_counter() - start}
-    for now, msg in _events(base, session):
-        if msg.get("msg") == "process_generating":
-            value = msg["output"]["data"][0]
-            steps.setdefault("first_text" if value and isinstance(value[0], list) else "echo", now - start)
-        elif msg.get("msg") == "process_completed":
-            reply = msg["output"]["data"][0][-1]["content"]
-    text = reply if isinstance(reply, str) else "".join(p.get("text", "") for p in reply)
-    ttft = re.search(r"TTFT ([\d.]+) (ms|s)", text)
-    steps["worker_ttft"] = float(ttft[1]) / (1000 if ttft[2] == "ms" else 1)
-    steps["added"] = steps["first_text"] - steps["worker_ttft"]
+    row = _sse_chat(base, fn_index, prompt, max_tokens, session)
+    steps = {"join": row["join_s"], "echo": row["echo_s"], "first_text": row["ttft_s"],
+             "worker_ttft": row["server_ttft_s"], "added": row["ttft_s"] - row["server_ttft_s"]}
     return {k: round(1000 * v, 1) for k, v in steps.items()}
-
-
-def cpu_s(pid: int) -> float:
-    import psutil
-
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
 
 
 def main() -> int:
@@ -103,7 +67,7 @@ def main() -> int:
         worker = next(c.pid for c in psutil.Process(proc.pid).children(recursive=True)
                       if "backends.worker_main" in " ".join(c.cmdline()))
         other_conversation_app(base, send, tab)  # warm-up
-        ui0, worker0, wall0 = cpu_s(proc.pid), cpu_s(worker), time.perf_counter()
+        ui0, worker0, wall0 = cpu_seconds([proc.pid]), cpu_seconds([worker]), time.perf_counter()
         rows = []
         for i in range(args.runs):
             other_conversation_app(base, send, tab)
@@ -115,8 +79,8 @@ def main() -> int:
             "join_new_session_ms_median": statistics.median(report["joins_new_session_ms"]),
             "join_one_session_ms_median": statistics.median(report["joins_one_session_ms"]),
             **{f"{k}_ms_median": statistics.median(r[k] for r in rows) for k in rows[0]},
-            "wall_s": round(wall, 1), "ui_cpu_s": round(cpu_s(proc.pid) - ui0, 2),
-            "worker_cpu_s": round(cpu_s(worker) - worker0, 2),
+            "wall_s": round(wall, 1), "ui_cpu_s": round(cpu_seconds([proc.pid]) - ui0, 2),
+            "worker_cpu_s": round(cpu_seconds([worker]) - worker0, 2),
         }
     finally:
         stop_app(proc)
