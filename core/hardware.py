@@ -33,9 +33,28 @@ class GpuInfo:
     used_bytes: int = 0
     compute_capability: Optional[tuple[int, int]] = None
     bandwidth_bytes_per_s: Optional[float] = None  # peak memory bandwidth
+    pcie_gen: Optional[int] = None    # PCIe link generation now (e.g. 4); None = not reported
+    pcie_width: Optional[int] = None  # PCIe lanes now (e.g. 16)
     driver_version: str = ""
     cuda_version: str = ""
     processes: tuple[GpuProcess, ...] = ()
+
+
+def pcie_bytes_per_s(gpu: GpuInfo) -> Optional[float]:
+    """Usable one-way PCIe bandwidth of the GPU's link (about 80 % of the raw rate), or None."""
+    if not gpu.pcie_gen or not gpu.pcie_width:
+        return None
+    per_lane = {1: 0.25e9, 2: 0.5e9, 3: 0.985e9, 4: 1.97e9, 5: 3.94e9, 6: 7.56e9}.get(gpu.pcie_gen)
+    return per_lane * gpu.pcie_width * 0.8 if per_lane else None
+
+
+def gpu_summary(gpus: tuple[GpuInfo, ...]) -> str:
+    if not gpus:
+        return "no GPU"
+    names = [g.name for g in gpus]
+    if len(set(names)) == 1 and len(names) > 1:
+        return f"{len(names)} × {names[0]}"
+    return " + ".join(names)
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,11 @@ class Hardware:
     source: str = "probe"           # "probe" or "profile:<name>"
     label: str = ""                 # a human name for a described machine
     notes: tuple[str, ...] = ()     # e.g. "no NVIDIA driver found: CPU only"
+
+    @property
+    def gpu_summary(self) -> str:
+        """e.g. "2 × NVIDIA GeForce RTX 3090" or "NVIDIA GeForce RTX 3060 + NVIDIA GeForce RTX 4070"."""
+        return gpu_summary(self.gpus)
 
     @property
     def has_gpu(self) -> bool:

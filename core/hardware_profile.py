@@ -2,6 +2,8 @@
 
     name: RTX 3060 12 GB + 64 GB RAM
     gpus: [{name: NVIDIA GeForce RTX 3060, vram_gib: 12, free_vram_gib: 11.5, bandwidth_gb_s: 360}]
+    # several GPUs: one entry each, or ``count: 2`` for identical ones; ``pcie_gen``/``pcie_lanes``
+    # describe the link (row split and transformers offload cross it)
     ram_gib: 64
     cpu_cores: 8
     ram_bandwidth_gb_s: 40
@@ -26,6 +28,9 @@ class GpuProfile(_Strict):
     free_vram_gib: Optional[float] = Field(None, gt=0, le=4096)
     bandwidth_gb_s: float = Field(gt=0, le=100_000)
     compute_capability: Optional[tuple[int, int]] = None
+    count: int = Field(1, ge=1, le=16)
+    pcie_gen: Optional[int] = Field(None, ge=1, le=6)
+    pcie_lanes: Optional[int] = Field(None, ge=1, le=32)
 
     @model_validator(mode="after")
     def _free_within_total(self) -> "GpuProfile":
@@ -44,12 +49,20 @@ class HardwareProfile(_Strict):
     ram_bandwidth_gb_s: float = Field(gt=0, le=10_000)
     cpu_flags: tuple[str, ...] = Field((), max_length=32)
 
+    @model_validator(mode="after")
+    def _at_most_16_gpus(self) -> "HardwareProfile":
+        if sum(g.count for g in self.gpus) > 16:
+            raise ValueError("at most 16 GPUs in all")
+        return self
+
     def to_hardware(self, key: str = "") -> Hardware:
+        each = [g for g in self.gpus for _ in range(g.count)]
         gpus = tuple(
             GpuInfo(index=i, name=g.name, total_bytes=int(g.vram_gib * GIB),
                     free_bytes=int((g.free_vram_gib if g.free_vram_gib is not None else g.vram_gib - 0.4) * GIB),
-                    compute_capability=g.compute_capability, bandwidth_bytes_per_s=g.bandwidth_gb_s * 1e9)
-            for i, g in enumerate(self.gpus))
+                    compute_capability=g.compute_capability, bandwidth_bytes_per_s=g.bandwidth_gb_s * 1e9,
+                    pcie_gen=g.pcie_gen, pcie_width=g.pcie_lanes)
+            for i, g in enumerate(each))
         available = self.available_ram_gib if self.available_ram_gib is not None else self.ram_gib * 0.9
         return Hardware(
             gpus=gpus, ram_total_bytes=int(self.ram_gib * GIB), ram_available_bytes=int(available * GIB),

@@ -25,6 +25,24 @@ class MemoryBreakdown:
 
 
 @dataclass(frozen=True)
+class DevicePlan:
+    """One GPU's share of a plan on a machine with several (``core.multi_gpu``)."""
+    index: int                   # the GPU's index (NVML order = llama.cpp's with CUDA_DEVICE_ORDER=PCI_BUS_ID)
+    name: str
+    memory: MemoryBreakdown
+    usable_bytes: int            # its free VRAM less the planner's margin
+    first_block: int = 0         # the blocks it holds: first_block .. first_block + n_blocks - 1
+    n_blocks: int = 0
+    output: bool = False         # it holds the output head
+    main: bool = False           # llama.cpp's main GPU (row split: small tensors and results)
+
+    @property
+    def n_layers(self) -> int:
+        """Layers as llama.cpp counts them: blocks plus the output head."""
+        return self.n_blocks + (1 if self.output else 0)
+
+
+@dataclass(frozen=True)
 class Plan:
     fit: Fit
     backend: str                 # "llama_cpp" | "transformers"
@@ -41,6 +59,11 @@ class Plan:
     goal: str = ""               # "fastest" | "context" | "" (a given configuration)
     extra: dict = field(default_factory=dict)  # backend specifics, e.g. transformers max_memory
     warning: str = ""            # said before and after the load: see ``cpu_fallback_warning``
+    # several GPUs: ``gpu`` above is their sum; each GPU's share and the split llama.cpp is given
+    devices: tuple[DevicePlan, ...] = ()
+    split_mode: str = ""         # "layer" | "row" | "none" ("" = one GPU or none)
+    tensor_split: tuple[float, ...] = ()
+    main_gpu: int = 0
 
     @property
     def vram_bytes(self) -> int:
@@ -59,6 +82,8 @@ class Plan:
     def to_dict(self) -> dict:
         data = asdict(self)
         data.update(vram_bytes=self.vram_bytes, ram_bytes=self.ram_bytes, fit_label=self.fit_label)
+        for device, plan in zip(data["devices"], self.devices):
+            device.update(total_bytes=plan.memory.total, n_layers=plan.n_layers)
         return data
 
 

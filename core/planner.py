@@ -136,11 +136,20 @@ def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str
     return seconds
 
 
+def _several_gpus(hw: Hardware) -> bool:
+    return hw.can_offload and len(hw.gpus) > 1
+
+
 def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_type: str = "f16",
              flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
-             compute_override: Optional[tuple[int, int]] = None, goal: str = "") -> Plan:
+             compute_override: Optional[tuple[int, int]] = None, goal: str = "", gpu_split=None) -> Plan:
     """The plan for one given configuration (no optimisation). ``compute_override`` is llama.cpp's
-    own (gpu, host) compute-buffer sizes from a dry run of exactly this configuration."""
+    own (gpu, host) compute-buffer sizes from a dry run of exactly this configuration. On several
+    GPUs ``core.multi_gpu_plan`` spreads the layers (``gpu_split``: a ``SplitChoice``, what the user fixed)."""
+    if _several_gpus(hw):
+        from core.multi_gpu_plan import SplitChoice, fastest_split
+        return replace(fastest_split(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal, gpu_split or SplitChoice(),
+                                     n_gpu_layers=n_gpu_layers), goal=goal)
     reasons: list[str] = []
     if not hw.can_offload:
         if n_gpu_layers not in (0,) and hw.has_gpu:
@@ -214,7 +223,11 @@ def _best(plans: list[Plan]) -> Optional[Plan]:
 
 
 def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n_ubatch: int,
-                cal: Calibration, kv_types: tuple[str, ...]) -> Optional[Plan]:
+                cal: Calibration, kv_types: tuple[str, ...], gpu_split=None) -> Optional[Plan]:
+    if _several_gpus(hw):
+        from core.multi_gpu_plan import SplitChoice, fastest_split
+        return _best([fastest_split(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal, gpu_split or SplitChoice())
+                      for kv in kv_types])
     layer_options = range(shape.n_layer + 2) if hw.can_offload else (0,)
     plans = [evaluate(shape, hw, ngl, n_ctx, kv, flash_attn, n_ubatch, cal)
              for kv in kv_types for ngl in layer_options]
@@ -226,10 +239,10 @@ def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n
 
 def evaluate_as_asked(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_type: str = "f16",
                       flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
-                      goal: str = "") -> Plan:
+                      goal: str = "", gpu_split=None) -> Plan:
     """``evaluate`` for a configuration the user chose; 0 layers on a GPU too full for llama.cpp's
     CUDA buffers runs with the GPU hidden (``evaluate_gpu_hidden``) rather than being refused."""
-    plan = evaluate(shape, hw, n_gpu_layers, n_ctx, kv_type, flash_attn, n_ubatch, cal, goal=goal)
+    plan = evaluate(shape, hw, n_gpu_layers, n_ctx, kv_type, flash_attn, n_ubatch, cal, goal=goal, gpu_split=gpu_split)
     if plan.fit == "no_fit" and n_gpu_layers == 0 and hw.can_offload:
         hidden = evaluate_gpu_hidden(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal)
         if hidden.fit != "no_fit":
@@ -249,7 +262,7 @@ def evaluate_gpu_hidden(shape: ModelShape, hw: Hardware, n_ctx: int, kv_type: st
 
 def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Optional[int] = None,
              flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
-             kv_types: Optional[tuple[str, ...]] = None) -> Plan:
+             kv_types: Optional[tuple[str, ...]] = None, gpu_split=None) -> Plan:
     """Choose n_gpu_layers, KV type (and for ``goal="context"`` the context) for this machine.
 
     * fastest: the highest predicted tokens/s at the requested (or default) context.
@@ -264,17 +277,18 @@ def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Opt
     if shape.n_ctx_train and base_ctx > shape.n_ctx_train:
         notes.append(f"context capped at the model's trained {shape.n_ctx_train} tokens")
         base_ctx = shape.n_ctx_train
-    fastest = _fastest_at(shape, hw, base_ctx, flash_attn, n_ubatch, cal, kv_options)
+    fastest = _fastest_at(shape, hw, base_ctx, flash_attn, n_ubatch, cal, kv_options, gpu_split)
     if fastest is None:
         # Report why with the most favourable configuration that still does not fit.
-        worst = evaluate(shape, hw, -1 if hw.can_offload else 0, base_ctx, kv_options[-1], flash_attn, n_ubatch, cal)
+        worst = evaluate(shape, hw, -1 if hw.can_offload else 0, base_ctx, kv_options[-1], flash_attn, n_ubatch, cal,
+                         gpu_split=gpu_split)
         return replace(worst, goal=goal, reasons=worst.reasons + tuple(notes))
     chosen = fastest
     if goal == "context":
         top = shape.n_ctx_train or base_ctx
         candidates = sorted({top, *[c for c in (2**k for k in range(11, 22)) if base_ctx < c < top]}, reverse=True)
         for ctx in candidates:
-            plan = _fastest_at(shape, hw, ctx, flash_attn, n_ubatch, cal, kv_options)
+            plan = _fastest_at(shape, hw, ctx, flash_attn, n_ubatch, cal, kv_options, gpu_split)
             if plan is not None and plan.tokens_per_s >= 0.8 * fastest.tokens_per_s:
                 chosen = plan
                 break

@@ -43,6 +43,9 @@ def probe_gpus() -> tuple[tuple[GpuInfo, ...], tuple[str, ...]]:
                 free_bytes=int(memory.free), used_bytes=int(memory.used),
                 compute_capability=_guard(lambda: tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))),
                 bandwidth_bytes_per_s=_guard(lambda: _bandwidth(pynvml, handle)),
+                # the link's best (an idle GPU drops its current link to gen 1 to save power)
+                pcie_gen=_guard(lambda: int(pynvml.nvmlDeviceGetMaxPcieLinkGeneration(handle))),
+                pcie_width=_guard(lambda: int(pynvml.nvmlDeviceGetMaxPcieLinkWidth(handle))),
                 driver_version=driver, cuda_version=cuda_text, processes=_processes(pynvml, handle)))
         return tuple(gpus), ()
     except pynvml.NVMLError as exc:

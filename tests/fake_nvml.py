@@ -15,10 +15,12 @@ MIB = 1 << 20
 
 
 def gpu(name="NVIDIA H100 80GB HBM3", used_mib=1000, total_mib=81559, util=10, mem_util=5, temp=40, power_mw=90000,
-        limit_mw=700000, sm=1980, mem=2619, tx_kb=100, rx_kb=200, compute=(), graphics=(), **drop) -> dict:
+        limit_mw=700000, sm=1980, mem=2619, tx_kb=100, rx_kb=200, compute=(), graphics=(), cc=(9, 0), bus_bits=5120,
+        pcie_gen=5, pcie_width=16, **drop) -> dict:
     """A GPU's figures; pass ``drop_x=True`` to leave figure x out (unsupported)."""
     figures = dict(name=name, memory=(used_mib * MIB, total_mib * MIB), util=(util, mem_util), temp=temp,
-                   power=power_mw, limit=limit_mw, sm=sm, mem=mem, tx=tx_kb, rx=rx_kb,
+                   power=power_mw, limit=limit_mw, sm=sm, mem=mem, tx=tx_kb, rx=rx_kb, cc=cc, bus=bus_bits,
+                   pcie_gen=pcie_gen, pcie_width=pcie_width,
                    compute=[SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in compute],
                    graphics=[SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in graphics])
     for key in drop:
@@ -87,6 +89,27 @@ class FakeNvml:
 
     def nvmlDeviceGetPcieThroughput(self, h, counter):
         return self._get("nvmlDeviceGetPcieThroughput", h, "tx" if counter == self.NVML_PCIE_UTIL_TX_BYTES else "rx")
+
+    def nvmlSystemGetDriverVersion(self):
+        return "580.95.05"
+
+    def nvmlSystemGetCudaDriverVersion_v2(self):
+        return 13000
+
+    def nvmlDeviceGetCudaComputeCapability(self, h):
+        return self._get("nvmlDeviceGetCudaComputeCapability", h, "cc")
+
+    def nvmlDeviceGetMemoryBusWidth(self, h):
+        return self._get("nvmlDeviceGetMemoryBusWidth", h, "bus")
+
+    def nvmlDeviceGetMaxClockInfo(self, h, clock):
+        return self._get("nvmlDeviceGetMaxClockInfo", h, "sm" if clock == self.NVML_CLOCK_SM else "mem")
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, h):
+        return self._get("nvmlDeviceGetMaxPcieLinkGeneration", h, "pcie_gen")
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, h):
+        return self._get("nvmlDeviceGetMaxPcieLinkWidth", h, "pcie_width")
 
     def nvmlDeviceGetComputeRunningProcesses(self, h):
         return self._get("nvmlDeviceGetComputeRunningProcesses", h, "compute")
