@@ -47,9 +47,14 @@ class OutOfMemoryError(BackendError):
     kind = "out_of_memory"
 
 
+class QualityRunError(BackendError):
+    """A quality check that cannot run as asked (text too short, vocabularies differ)."""
+    kind = "quality"
+
+
 ERROR_KINDS = {cls.kind: cls for cls in
                (BackendError, ModelLoadError, TemplateError, PromptTooLongError, WorkerCrashed, NotLoadedError,
-                OutOfMemoryError)}
+                OutOfMemoryError, QualityRunError)}
 
 
 @dataclass(frozen=True)

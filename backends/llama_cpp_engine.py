@@ -159,6 +159,21 @@ class LlamaCppEngine:
         self._info = None
         self._template = None
 
+    # -- quality check (backends.text_scoring) --------------------------------------------------
+    def score_text(self, text: str, opts, cancel: threading.Event, ref=None):
+        """The quality check's windows on the loaded model (``backends.text_scoring.score_text``)."""
+        from backends.text_scoring import llama_tokenize, llama_window_logits, score_text
+
+        if self._llm is None:
+            raise NotLoadedError("No model is loaded.")
+        llm = self._llm
+        if opts.window > llm.n_ctx():
+            raise BackendError(f"The quality window ({opts.window} tokens) is longer than the loaded context "
+                               f"({llm.n_ctx()}); load the model with a longer context or use a smaller window.")
+        return score_text(text, opts, lambda t: llama_tokenize(llm, t),
+                          lambda chunk, first: llama_window_logits(llm, chunk, first, opts.batch, cancel),
+                          cancel, ref, self._info.name)
+
     # -- generation ------------------------------------------------------------------------
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
                     cancel: threading.Event) -> ChatStream:

@@ -219,6 +219,34 @@ class ModelManager:
             # request path.
             threading.Thread(target=self._planner.learn, args=(info,), daemon=True).start()
 
+    def score_text(self, text: str, opts, cancel: threading.Event, ref: Optional[dict] = None,
+                   wait_s: float = 600.0) -> Generator[tuple, None, bool]:
+        """The quality check on the loaded model (see ``WorkerBackend.score_text``). It waits in the
+        same line as replies and holds the model until it ends, is stopped or is closed."""
+        turn = self._turns.join()
+        try:
+            self._turns.wait(turn, cancel, wait_s)
+            state = self.state()
+            if state.status != "ready" or self._backend is None:
+                raise NotLoadedError(self._not_ready_message(state))
+            if not hasattr(self._backend, "score_text"):
+                raise BackendError(f"The {self._backend.name} backend cannot run the quality check.")
+            events = self._backend.score_text(text, opts, cancel, ref)
+            turn.hand_over()
+        except BaseException:
+            turn.leave()
+            raise
+        self._set(generating=True)
+        try:
+            return (yield from events)
+        except WorkerCrashed as exc:
+            self._set(status="crashed", info=None, error=str(exc))
+            raise
+        finally:
+            events.close()
+            self._set(generating=False)
+            self._busy.release()
+
     @staticmethod
     def _not_ready_message(state: ManagerState) -> str:
         if state.status == "loading":

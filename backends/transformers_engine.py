@@ -169,6 +169,22 @@ class TransformersEngine:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
+    # -- quality check (backends.text_scoring) --------------------------------------------------
+    def score_text(self, text: str, opts, cancel: threading.Event, ref=None):
+        """The quality check's windows on the loaded model (``backends.text_scoring.score_text``)."""
+        from backends.base import BackendError
+        from backends.text_scoring import hf_tokenize, hf_window_logits, score_text
+
+        if self.model is None:
+            raise NotLoadedError("No model is loaded.")
+        if opts.window > self.plan.n_ctx:
+            raise BackendError(f"The quality window ({opts.window} tokens) is longer than the loaded context "
+                               f"({self.plan.n_ctx}); load the model with a longer context or use a smaller window.")
+        model, device = self.model, self.input_device()
+        return score_text(text, opts, lambda t: hf_tokenize(self.tokenizer, model, self._bos_id, t),
+                          lambda chunk, first: hf_window_logits(model, device, chunk, first),
+                          cancel, ref, self._info.name)
+
     # -- generation ------------------------------------------------------------------------
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
                     cancel: threading.Event) -> ChatStream:

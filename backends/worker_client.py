@@ -222,6 +222,38 @@ class WorkerBackend:
                 if not finished and self._proc is not None:
                     self._abandon(req_id)
 
+    def score_text(self, text: str, opts, cancel: threading.Event, ref: Optional[dict] = None) -> Generator[tuple, None, bool]:
+        """The quality check on the loaded model: yields ("start", n_tokens, windows_total, vocab) and
+        then ("window", score_dict, top_ids, top_logprobs) per window; returns True when complete,
+        False when ``cancel`` stopped it. ``ref``: a ``backends.text_scoring.Reference`` as a dict."""
+        if self._proc is None or self._info is None:
+            raise NotLoadedError("No model is loaded.")
+        with self._gen_lock:
+            req_id = next(self._ids)
+            self._send((wp.SCORE, req_id, text, opts.model_dump(), ref))
+            finished = cancel_sent = False
+            try:
+                while True:
+                    if cancel.is_set() and not cancel_sent:
+                        self._send((wp.CANCEL, req_id))
+                        cancel_sent = True
+                    msg = self._recv(timeout=_POLL_S)
+                    if msg is None or len(msg) < 2 or msg[1] != req_id:
+                        continue
+                    if msg[0] == wp.SCORE_START:
+                        yield ("start", *msg[2:5])
+                    elif msg[0] == wp.WINDOW:
+                        yield ("window", *msg[2:5])
+                    elif msg[0] == wp.DONE:
+                        finished = True
+                        return bool(msg[2].get("complete"))
+                    elif msg[0] == wp.ERROR:
+                        finished = True
+                        raise ERROR_KINDS.get(msg[2], BackendError)(msg[3])
+            finally:
+                if not finished and self._proc is not None:
+                    self._abandon(req_id)
+
     def _abandon(self, req_id: int) -> None:
         """The consumer went away mid-reply: stop the worker's generation and wait for its end."""
         try:

@@ -112,6 +112,40 @@ class Worker:
         finally:
             finished.set()
 
+    def handle_score(self, req_id: int, text: str, opts: dict, ref) -> None:
+        if self.busy():
+            self.send((wp.ERROR, req_id, "error", "The worker is already generating a reply."))
+            return
+        cancel = threading.Event()
+        self._cancels = {req_id: cancel}
+        self._chat_thread = threading.Thread(target=self._run_score, args=(req_id, text, opts, ref, cancel),
+                                             name=f"score-{req_id}", daemon=True)
+        self._chat_thread.start()
+
+    def _run_score(self, req_id: int, text: str, opts: dict, ref, cancel: threading.Event) -> None:
+        from backends.text_scoring import Reference, ScoreStart
+        from core.quality import QualityError, QualityOptions
+
+        try:
+            reference = Reference(**ref) if ref is not None else None
+            events = self.engine.score_text(text, QualityOptions(**opts), cancel, reference)
+            while True:
+                try:
+                    event = next(events)
+                except StopIteration as stop:
+                    self.send((wp.DONE, req_id, {"complete": bool(stop.value)}))
+                    return
+                if isinstance(event, ScoreStart):
+                    self.send((wp.SCORE_START, req_id, event.n_tokens, event.windows_total, event.vocab))
+                else:
+                    self.send((wp.WINDOW, req_id, event.score.to_dict(), event.top_ids, event.top_lps))
+        except (BrokenPipeError, EOFError, OSError):
+            os._exit(0)
+        except QualityError as exc:
+            self.send((wp.ERROR, req_id, "quality", str(exc)))
+        except Exception as exc:
+            self.send_error(req_id, exc)
+
     def _report_progress(self, req_id: int, stream, sent: dict, finished: threading.Event) -> None:
         """Token counts reach the UI even while tokens bring no text (a special token, a character
         split over several tokens): a DELTA without text, at most every ``_PROGRESS_S``."""
@@ -141,6 +175,8 @@ class Worker:
                 self.handle_load(msg[1])
             elif op == wp.CHAT:
                 self.handle_chat(msg[1], msg[2], msg[3])
+            elif op == wp.SCORE:
+                self.handle_score(msg[1], msg[2], msg[3], msg[4])
             elif op == wp.CANCEL:
                 event = self._cancels.get(msg[1])
                 if event:

@@ -11,6 +11,7 @@ from cli.args import UsageError, fail
 COMMANDS = {
     "plan": "cli.plan",          # python app.py plan MODEL ...   (issue 3)
     "download": "cli.download",  # python app.py download REPO ... (issue 4)
+    "quality": "cli.quality",    # python app.py quality MODEL [--ref MODEL] (issue 15)
 }
 
 
