@@ -19,7 +19,9 @@ from typing import Generator, Optional
 
 from backends.base import BackendError, BufferSize, ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, TemplateError
 from backends.reply_loop import Decoding, check_prompt_fits, reply_stats, stream_reply
-from core.chat_template import TemplateRenderError, TemplateSource, check_template, choose_template, render_chat_template
+from core.chat_template import TemplateRenderError, TemplateSource, choose_template
+# Templates render in a child process under RLIMIT_AS and a wall-clock kill (issue 13).
+from services.template_process import check_template, render_chat_template
 from core.generation import GenerationProgress, GenerationStats, Utf8Assembler
 from core.gguf_header import GGUFError
 from core.llama_log import is_error_line, parse_buffer_line

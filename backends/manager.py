@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Callable, Generator, Literal, Optional, Protocol
 
 from backends.base import (Backend, BackendError, ChatStream, LoadSpec, ModelInfo, ModelLoadError,
-                           NotLoadedError, WorkerCrashed)
+                           NotLoadedError, TemplateError, WorkerCrashed)
 from backends.turns import BusyError, Turn, TurnQueue
+from core.chat_template import TemplateRenderError, choose_template
 from core.generation import GenerationProgress, GenerationStats
 from core.gguf_header import GGUFError
 from core.options import SamplingOptions
 from core.plan import Plan
 from services.gguf_file import read_header
+from services.template_process import check_template, transformers_template_text
 
 Status = Literal["empty", "loading", "ready", "failed", "crashed"]
 
@@ -41,6 +43,18 @@ class LoadPlannerHook(Protocol):
     def prepare(self, spec: LoadSpec) -> tuple[LoadSpec, Optional[Plan]]: ...
 
     def learn(self, info: ModelInfo) -> object: ...
+
+
+def _check_template_first(spec: LoadSpec, raw_template: object) -> None:
+    """Check the new model's chat template before the serving model is unloaded: a template that
+    fails its check leaves the model that was serving in place. The worker checks it again at load
+    with the real special-token texts."""
+    if not isinstance(raw_template, str) or not raw_template.strip():
+        return  # the ChatML fallback
+    try:
+        check_template(choose_template(raw_template))
+    except TemplateRenderError as exc:
+        raise TemplateError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
 
 
 def _default_factory(name: str) -> Backend:
@@ -88,9 +102,10 @@ class ModelManager:
         try:
             if spec.backend == "llama_cpp":
                 try:
-                    read_header(spec.model_path)
+                    header = read_header(spec.model_path)
                 except GGUFError as exc:
                     raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
+                _check_template_first(spec, header.metadata.get("tokenizer.chat_template"))
             elif spec.backend == "transformers":
                 # Folder checks without heavy imports: pickle-only, remote code, broken shards.
                 from services.hf_repo import RepoError, inspect_repo
@@ -99,9 +114,10 @@ class ModelManager:
                     inspect_repo(spec.model_path)
                 except RepoError as exc:
                     raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
+                _check_template_first(spec, transformers_template_text(spec.model_path))
             if self._planner is not None:
                 spec, plan = self._planner.prepare(spec)
-        except ModelLoadError as exc:
+        except (ModelLoadError, TemplateError) as exc:
             if self.state().status != "ready":  # a loaded model stays loaded
                 self._set(status="failed", error=str(exc))
             raise

@@ -22,7 +22,9 @@ from typing import Generator, Optional
 from backends.base import (ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, OutOfMemoryError,
                            TemplateError)
 from backends.reply_loop import Decoding, check_prompt_fits, reply_stats, stream_reply
-from core.chat_template import TemplateRenderError, TemplateSource, check_template, choose_template, render_chat_template
+from core.chat_template import TemplateRenderError, TemplateSource, choose_template
+# Templates render in a child process under RLIMIT_AS and a wall-clock kill (issue 13).
+from services.template_process import check_template, render_chat_template
 from core.detokenize import IncrementalDetokenizer
 from core.generation import GenerationProgress, GenerationStats
 from core.hf_memory import MIB
