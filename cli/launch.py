@@ -14,6 +14,11 @@ from services.paths import EMBEDDED_NAME, embedded_model_path
 
 
 def default_spec(settings: AppSettings) -> LoadSpec | None:
+    if settings.remote is not None:
+        from core.options import RemoteLoadOptions
+
+        endpoint, model = settings.remote
+        return LoadSpec(model, RemoteLoadOptions(endpoint=endpoint.name), backend="remote", display_name=model)
     if settings.cli_model is not None:
         path = settings.cli_model.resolve()
         return LoadSpec(str(path), settings.load_options, display_name=path.name)
@@ -29,14 +34,22 @@ def make_context(settings: AppSettings):
     from services.hardware import probe
     from services.load_planning import LoadPlanner, cached_probe
 
+    from backends.remote_engine import backend_factory
+    from services.remote_endpoints import RemoteEndpointStore
+
     hardware = cached_probe(functools.partial(probe, settings.models_dir))
-    manager = ModelManager(planner=LoadPlanner(settings.data_dir, hardware))
+    remotes = RemoteEndpointStore(settings.data_dir)
+    if settings.remote is not None:
+        endpoint = settings.remote[0]
+        remotes.add(endpoint.name, endpoint.base_url, endpoint.api_key, replace=True)
+    manager = ModelManager(backend_factory=backend_factory(remotes.get),
+                           planner=LoadPlanner(settings.data_dir, hardware))
     catalog = functools.partial(build_catalog, settings.cli_model, settings.models_dir)
     from services.chat_store import ChatStore
 
     return AppContext(settings=settings, manager=manager, catalog=catalog, hardware=hardware,
                       loaded_plan=lambda: manager.state().plan,
-                      chat_store=ChatStore(settings.data_dir / "history.sqlite3"))
+                      chat_store=ChatStore(settings.data_dir / "history.sqlite3"), remotes=remotes)
 
 
 def launch(settings: AppSettings, started: float) -> int:

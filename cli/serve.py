@@ -37,6 +37,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                         help="where models and app data live (default ~/.local/share/fitchat)")
     parser.add_argument("--no-default-model", action="store_true",
                         help="start without loading a model")
+    parser.add_argument("--remote", metavar="URL",
+                        help="chat through a remote OpenAI-compatible server (vLLM, llama-server, Ollama, another "
+                             "FitChat) instead of a local model; kept as the endpoint 'cli' in the Models tab")
+    parser.add_argument("--remote-model", metavar="ID", help="the remote model to use (default: the first it lists)")
+    parser.add_argument("--remote-key-file", type=Path,
+                        help="file holding the remote server's API key (a key on the command line would show in ps)")
     # Logins set in the UI when it turns sharing on: read once, then deleted (services/restart.py).
     parser.add_argument("--login-file-once", type=Path, help=argparse.SUPPRESS)
     names = add_option_flags(parser, LoadOptions)
@@ -85,12 +91,29 @@ def settings_from_args(argv: list[str]) -> AppSettings:
     except ValueError as exc:
         raise UsageError(f"--api-key: {exc}") from None
 
+    remote = None
+    if args.remote_model and not args.remote:
+        raise UsageError("--remote-model needs --remote URL")
+    if args.remote_key_file and not args.remote:
+        raise UsageError("--remote-key-file needs --remote URL")
+    if args.remote:
+        if args.model:
+            raise UsageError("use either --model or --remote, not both")
+        from core.remote import RemoteConfigError, make_endpoint
+
+        key = parse_file(args.remote_key_file, "--remote-key-file", str.strip) if args.remote_key_file else None
+        try:
+            endpoint = make_endpoint("cli", args.remote, key)
+        except RemoteConfigError as exc:
+            raise UsageError(f"--remote: {exc}") from None
+        remote = (endpoint, (args.remote_model or "").strip()[:200])
+
     settings = AppSettings(
         host=host, port=args.port, data_dir=(args.data_dir or default_data_dir()).expanduser(),
         cli_model=args.model.expanduser() if args.model else None,
         load_options=options_from_args(LoadOptions, args, load_names), auth=tuple(auth), admins=tuple(admins),
         api_keys=tuple(api_keys), insecure_no_auth=args.insecure_no_auth, share=args.share,
-        load_default_model=not args.no_default_model, argv=tuple(argv),
+        load_default_model=not args.no_default_model, argv=tuple(argv), remote=remote,
     )
     if args.share and not settings.auth:
         raise UsageError("--share makes a public link: it needs --auth or --auth-file (--insecure-no-auth "

@@ -256,5 +256,33 @@ class TransformersLoadOptions(_Options):
         return self
 
 
+class RemoteLoadOptions(_Options):
+    """Which remote OpenAI-compatible engine serves the model (remote backend)."""
+
+    endpoint: str = Field(
+        "", title="Endpoint", max_length=40,
+        description="Name of a remote endpoint added by an admin (Models tab or --remote).",
+    )
+    n_ctx: Optional[int] = Field(
+        None, ge=128, le=1 << 22, title="Context (tokens)",
+        description="The server's context length if it does not report one (shown in the chat's "
+                    "context meter). Empty = as the server reports, else unknown.",
+        json_schema_extra={"step": 128, "empty": "auto"},
+    )
+    timeout_s: float = Field(
+        120.0, ge=1.0, le=3600.0, title="Reply timeout (s)",
+        description="Longest wait for the server's first or next streamed token before the reply "
+                    "is given up with a timeout message.",
+        json_schema_extra={"step": 1},
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if value and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$", value):
+            raise ValueError("an endpoint name is letters, digits, '.', '_' or '-'")
+        return value
+
+
 LOAD_OPTIONS_BY_BACKEND: dict[str, type[_Options]] = {
-    "llama_cpp": LoadOptions, "transformers": TransformersLoadOptions}
+    "llama_cpp": LoadOptions, "transformers": TransformersLoadOptions, "remote": RemoteLoadOptions}

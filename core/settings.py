@@ -26,6 +26,8 @@ class AppSettings:
     share: bool = False
     load_default_model: bool = True
     argv: tuple[str, ...] = ()      # the command line it was started with (to restart with changes)
+    # --remote: (core.remote.RemoteEndpoint, model id or "" for the first listed); the key is kept out of repr
+    remote: Optional[tuple] = field(default=None, repr=False)
 
     @property
     def models_dir(self) -> Path:

@@ -55,3 +55,5 @@ class AppContext:
     # and gives the planner's prediction for the loaded model (None until the planner provides one).
     sampler_factory: Optional[Callable[["AppContext"], Any]] = None
     loaded_plan: Callable[[], Optional[Plan]] = field(default=lambda: None)
+    # The admin's remote engines (services.remote_endpoints.RemoteEndpointStore); None: none can be added.
+    remotes: Optional[Any] = None
