@@ -45,11 +45,11 @@ def make_context(settings: AppSettings):
     manager = ModelManager(backend_factory=backend_factory(remotes.get),
                            planner=LoadPlanner(settings.data_dir, hardware))
     catalog = functools.partial(build_catalog, settings.cli_model, settings.models_dir)
-    from services.chat_store import ChatStore
+    from services.conversation_store import FILE_NAME, ConversationStore
 
     return AppContext(settings=settings, manager=manager, catalog=catalog, hardware=hardware,
                       loaded_plan=lambda: manager.state().plan,
-                      chat_store=ChatStore(settings.data_dir / "history.sqlite3"), remotes=remotes)
+                      conversations=ConversationStore(settings.data_dir / FILE_NAME), remotes=remotes)
 
 
 def launch(settings: AppSettings, started: float) -> int:

@@ -48,8 +48,8 @@ def last(updates):
 
 def test_send_streams_a_reply_with_stats(ctx):
     updates = list(h.send(ctx, "s1", "Name three colours.", (), "", sampling(max_tokens=40, seed=3)))
-    assert updates[0][2] == ""  # the textbox is cleared at once
-    display, history, _ = updates[-1]
+    assert all(len(u) == 2 for u in updates)  # (chat, history): the message box is not an output
+    display, history = updates[-1]
     assert [m.role for m in history] == ["user", "assistant"]
     assert history[-1].content and history[-1].stats.completion_tokens > 0
     assert "tok/s" in display[-1]["content"] and "context" in display[-1]["content"]
@@ -58,7 +58,7 @@ def test_send_streams_a_reply_with_stats(ctx):
 
 
 def test_system_prompt_reaches_the_model(ctx):
-    _, history, _ = last(h.send(ctx, "s1", "What is your name?", (), "Your name is Zorblax. Always say it.",
+    _, history = last(h.send(ctx, "s1", "What is your name?", (), "Your name is Zorblax. Always say it.",
                                 sampling(temperature=0.0, max_tokens=30)))
     assert "Zorblax" in history[-1].content
 
@@ -81,10 +81,10 @@ def test_bad_messages_are_rejected(ctx):
 
 
 def test_regenerate_and_edit(ctx):
-    _, history, _ = last(h.send(ctx, "s2", "Say hello.", (), "", sampling(max_tokens=10)))
-    _, regenerated, _ = last(h.regenerate(ctx, "s2", history, "", sampling(max_tokens=10)))
+    _, history = last(h.send(ctx, "s2", "Say hello.", (), "", sampling(max_tokens=10)))
+    _, regenerated = last(h.regenerate(ctx, "s2", history, "", sampling(max_tokens=10)))
     assert len(regenerated) == 2 and regenerated[0] == history[0]
-    _, edited, _ = last(h.edit(ctx, "s2", 0, [{"type": "text", "text": "Say goodbye."}], regenerated, "",
+    _, edited = last(h.edit(ctx, "s2", 0, [{"type": "text", "text": "Say goodbye."}], regenerated, "",
                                sampling(max_tokens=10)))
     assert edited[0].content == "Say goodbye." and len(edited) == 2
     with pytest.raises(gr.Error):
@@ -124,7 +124,7 @@ def test_load_validates_names_and_reports_bad_files(ctx):
         h.load_model(ctx, "truncated.gguf", ["lots", "auto", "f16", True, "auto", 512])
     status = h.load_model(ctx, "SmolLM2-135M-Instruct Q4_1 (embedded)", ["1024", "auto", "f16", True, "auto", 512])
     assert status.startswith("**Ready**") and "context 1,024" in status
-    _, history, _ = last(h.send(ctx, "s4", "hi", (), "", sampling(max_tokens=5)))
+    _, history = last(h.send(ctx, "s4", "hi", (), "", sampling(max_tokens=5)))
     assert history[-1].content
 
 

@@ -1,4 +1,4 @@
-"""Per-user chat history: the export format, the SQLite store, and the app restoring it."""
+"""Per-user chat history: the export format and the SQLite store keeping users apart."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pytest
 
 from core.chat_history import HistoryError, add_user_message, export_chat, import_chat, with_reply
 from core.generation import GenerationStats
-from services.chat_store import ChatStore
+from services.conversation_store import ConversationStore
 
 STATS = GenerationStats(5, 3, 0.1, 30.0, 0.2, 2048, "stop")
 
@@ -37,18 +37,20 @@ def test_bad_imports_are_refused(data, message):
 
 
 def test_store_keeps_users_apart_and_survives_reopening(tmp_path):
-    store = ChatStore(tmp_path / "h.sqlite3")
-    store.save("alice", chat("alice's secret"), "A")
-    store.save("bob", chat("bob's plan"))
-    store.save(None, chat("local one"))
+    store = ConversationStore(tmp_path / "h.sqlite3")
+    alice = store.create("alice", chat("alice's secret"), "A")
+    store.create("bob", chat("bob's plan"))
+    store.create(None, chat("local one"))
     store.close()
-    again = ChatStore(tmp_path / "h.sqlite3")
-    assert again.load("alice")[0][0].content == "alice's secret" and again.load("alice")[1] == "A"
-    assert again.load("bob")[0][0].content == "bob's plan"
-    assert again.load(None)[0][0].content == "local one"
-    assert again.load("carol") == ((), "")
-    again._db.execute("UPDATE chats SET data = 'garbage' WHERE user = 'bob'")
-    assert again.load("bob") == ((), "")  # a damaged row starts afresh instead of failing the page
+    again = ConversationStore(tmp_path / "h.sqlite3")
+    loaded = again.load("alice", again.latest("alice"))
+    assert loaded.history[0].content == "alice's secret" and loaded.system_prompt == "A" and loaded.id == alice.id
+    assert again.load("bob", again.latest("bob")).history[0].content == "bob's plan"
+    assert again.load(None, again.latest(None)).history[0].content == "local one"
+    assert again.latest("carol") is None and again.load("carol", alice.id) is None
+    bob = again.latest("bob")
+    again._db.execute("UPDATE conversations SET data = 'garbage' WHERE id = ?", (bob,))
+    assert again.load("bob", bob).history == ()  # a damaged row shows empty instead of failing the page
 
 
 def test_share_panel_shows_lan_urls_with_qr_codes(monkeypatch):

@@ -63,13 +63,13 @@ def test_export_then_import(tmp_path):
         app.wait_model_ready()
         client = app.client()
         send(client, "Remember the word zebra.", max_tokens=4)
-        exported = client.predict("", api_name="/export_chat")
+        exported = client.predict("", "JSON", "Zebra", api_name="/export_chat")
         data = json.loads(open(exported if isinstance(exported, str) else exported["value"], encoding="utf-8").read())
         assert data["version"] == 1 and data["messages"][0]["content"] == "Remember the word zebra."
         other = app.client()  # another session imports it
-        display, system = other.predict(handle_file(exported if isinstance(exported, str) else exported["value"]),
-                                        api_name="/import_chat")
-        assert texts(display, "user") == ["Remember the word zebra."] and system == ""
+        display, system, title = other.predict(handle_file(exported if isinstance(exported, str) else exported["value"]),
+                                               api_name="/import_chat")
+        assert texts(display, "user") == ["Remember the word zebra."] and system == "" and title == "Zebra (imported)"
         bad = tmp_path / "bad.json"
         bad.write_text('{"version": 1, "messages": [{"role": "system", "content": "x"}]}')
         with pytest.raises(Exception, match="role"):
@@ -88,12 +88,12 @@ def test_soak_8_clients_50_turns(tmp_path):
         server = psutil.Process(app.proc.pid)
 
         def client_loop(i: int) -> None:
-            # 50 turns as 5 conversations of 10 (Clear between them): the prompt stays short, so the
+            # 50 turns as 5 conversations of 10 (New chat between them): the prompt stays short, so the
             # soak measures the app, not the prefill of an ever longer history.
             client = app.client()
             try:
                 for conversation in range(5):
-                    client.predict("", api_name="/clear")
+                    client.predict(api_name="/new_chat")
                     for turn in range(10):
                         display = send(client, f"c{i} t{conversation * 10 + turn}", max_tokens=2, temperature=0.0)[0]
                     expected = [f"c{i} t{conversation * 10 + turn}" for turn in range(10)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ui import chat_tab, models_tab, presets_tab, resources_tab
+from ui import chat_tab, feedback, models_tab, presets_tab, resources_tab
 from ui.context import AppContext
 
 CSS = """
@@ -32,4 +32,5 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     wiring.append(wire)
         for wire in wiring:
             wire(app, tabs)
+        feedback.install(app)  # expected errors as toasts, not blocking badges (every tab)
     return app

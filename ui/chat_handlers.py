@@ -1,7 +1,8 @@
 """Chat tab handlers: plain functions of (context, session, inputs) that tests call directly.
 
 Every input is validated here, on the server: a client can bypass the UI's controls.
-Streaming handlers yield ``(chatbot_messages, history, textbox_value)``.
+Streaming handlers yield ``(chatbot_messages, history)``; the message box is not theirs (it is
+cleared once, when a message is taken: ``take_message``), so a draft typed during a reply stays.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ _MIN_UPDATE_INTERVAL_S = 1 / 15  # coalesce deltas: ~15 updates a second look sm
 WAIT_S = 600.0        # longest wait in line for the model
 _WAIT_POLL_S = 0.25   # how often a waiting reply re-checks its place
 
-Update = tuple[list[dict], History, str]
+Update = tuple[list[dict], History]
 
 
 def parse_sampling(values: Sequence[Any]) -> SamplingOptions:
@@ -98,9 +99,28 @@ def _stream_updates(ctx: AppContext, session: str, history: History, system_prom
                     sampling_values: Sequence[Any]) -> Iterator[Update]:
     sampling = parse_sampling(sampling_values)
     system = _check(check_system_prompt, system_prompt)
-    yield to_display(history), history, ""
+    yield to_display(history), history
     for current in stream_reply(ctx, session, history, system, sampling):
-        yield to_display(current), current, ""
+        yield to_display(current), current
+
+
+BUSY_MESSAGE = ("A reply is still being written. Your message stays in the box: send it when the reply "
+                "ends, or press Stop (Esc) first.")
+
+
+def take_message(ctx: AppContext, session: str, message: Any) -> tuple[Any, str]:
+    """The message box's text, taken once: ``("", text)`` clears the box and hands the text on.
+    Refused (an empty box, a reply still running) it says why in a toast and keeps the box as it
+    is: ``(gr.skip(), "")``; an empty taken text makes the reply step do nothing."""
+    try:
+        text = add_user_message((), message)[0].content
+    except HistoryError as exc:
+        gr.Warning(str(exc))
+        return gr.skip(), ""
+    if not ctx.cancels.reserve(session):
+        gr.Warning(BUSY_MESSAGE)
+        return gr.skip(), ""
+    return "", text
 
 
 def send(ctx: AppContext, session: str, message: Any, history: Any, system_prompt: Any,
@@ -160,54 +180,3 @@ def unload_model(ctx: AppContext) -> str:
     except BackendError as exc:
         gr.Warning(str(exc))
     return format_status(ctx.manager.state())
-
-
-MAX_IMPORT_BYTES = 8 * 1024 * 1024
-
-
-def save_chat(ctx: AppContext, user, history: Any, system_prompt: Any) -> None:
-    if ctx.chat_store is not None:
-        system = system_prompt if isinstance(system_prompt, str) else ""
-        ctx.chat_store.save(user, _history(history), system[:50_000])
-
-
-def restore_chat(ctx: AppContext, user) -> tuple[list, History, str]:
-    if ctx.chat_store is None:
-        return [], (), ""
-    history, system = ctx.chat_store.load(user)
-    return to_display(history), history, system
-
-
-def export_chat_file(history: Any, system_prompt: Any) -> str:
-    """Write the chat as JSON into a private temporary file that Gradio then serves once."""
-    import json
-    import tempfile
-
-    data = export_chat(_history(history), system_prompt if isinstance(system_prompt, str) else "")
-    # In a fresh private folder of the system temp dir, the one place Gradio serves outputs from.
-    folder = tempfile.mkdtemp(prefix="fitchat-export-")
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="chat-", dir=folder, delete=False,
-                                     encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False, indent=1)
-    return fh.name
-
-
-def import_chat_file(upload: Any) -> tuple[list, History, str]:
-    """Read an uploaded export (Gradio hands a path inside its own upload cache)."""
-    import json
-    from pathlib import Path
-
-    path = getattr(upload, "name", upload)
-    if not isinstance(path, str):
-        raise gr.Error("Pick a .json chat export to import.")
-    try:
-        raw = Path(path).read_bytes()[: MAX_IMPORT_BYTES + 1]
-    except OSError:
-        raise gr.Error("The uploaded file could not be read.") from None
-    if len(raw) > MAX_IMPORT_BYTES:
-        raise gr.Error(f"The file is larger than {MAX_IMPORT_BYTES // 2**20} MiB.")
-    try:
-        history, system = import_chat(json.loads(raw.decode("utf-8")))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise gr.Error(str(exc) if isinstance(exc, HistoryError) else "The file is not a JSON chat export.") from None
-    return to_display(history), history, system

@@ -1,39 +1,40 @@
-"""Chat tab: streaming chat, stop, regenerate, edit-and-resend, system prompt, sampling, and the
-model bar (load/unload). Wiring only; the logic is in ``ui.chat_handlers``."""
+"""Chat tab: the conversation list, streaming chat, stop, regenerate, edit-and-resend, system prompt,
+sampling, and the model bar (load/unload). Wiring only; the logic is in ``ui.chat_handlers`` and
+``ui.conversation_handlers``."""
 from __future__ import annotations
 
 import gradio as gr
 
 from core.options import LoadOptions, SamplingOptions
-from ui import chat_handlers as h, share_panel
+from ui import chat_handlers as h, conversation_handlers as ch, conversations_panel, share_panel
 from ui.access import require_admin, username
 from ui.context import AppContext
 from ui.option_widgets import build_widgets
 from ui.status import format_status, status_dict
-from ui.uploads import local_files_only
 
 GENERATION = "generation"  # the reply events' concurrency group
 
 
 def build(ctx: AppContext):
     history = gr.State(())
+    conv = gr.State(None)      # (conversation id, revision) once written; see ui.conversation_handlers
+    taken = gr.State("")       # the message taken from the box, handed to the reply
     with gr.Row(equal_height=False):
+        panel = conversations_panel.build()
         with gr.Column(scale=3):
             status = gr.Markdown(lambda: format_status(ctx.manager.state()), elem_id="model-status")
             chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height=520, editable="user",
                                  buttons=["copy"], placeholder="Ask anything. Replies stream here.")
             with gr.Row():
-                message = gr.Textbox(elem_id="message", show_label=False, placeholder="Message (Enter to send)",
-                                     scale=8, lines=1, max_lines=8, autofocus=True)
+                message = gr.Textbox(elem_id="message", label="Message", show_label=False,
+                                     placeholder="Message (Enter to send)", scale=8, lines=1, max_lines=8,
+                                     autofocus=True)
                 send_btn = gr.Button("Send", variant="primary", elem_id="send", scale=1, min_width=80)
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", scale=1, min_width=80)
             with gr.Row():
                 regen_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm")
-                clear_btn = gr.Button("Clear", elem_id="clear", size="sm")
-                export_btn = gr.Button("Export chat", elem_id="export", size="sm")
-                import_btn = local_files_only(gr.UploadButton("Import chat", file_types=[".json"], elem_id="import",
-                                                              size="sm"))
-            export_file = gr.File(label="Chat export", visible=False, elem_id="export-file")
+            # The API's /send: the message is the text sent (the UI takes it from the box first).
+            send_api = gr.Button("send", visible=False, elem_id="send-api")
         with gr.Column(scale=1, min_width=300):
             with gr.Accordion("Model", open=False, elem_id="model-accordion"):
                 catalog = ctx.catalog()
@@ -59,47 +60,38 @@ def build(ctx: AppContext):
             share_panel.build(ctx)
 
     sampling_inputs = [sampling_widgets[name] for name in h.SAMPLING_FIELDS]
-    stream_outputs = [chatbot, history, message]
+    stream_outputs = [chatbot, history, conv]  # never the message box: a draft typed meanwhile stays
 
-    def persisted(request: gr.Request, updates, system):
-        """Pass the updates through; keep the user's chat in the store once the reply ends
-        (also when the client went away mid-reply: the partial reply is kept)."""
-        last = None
-        try:
-            for last in updates:
-                yield last
-        finally:
-            if last is not None:
-                h.save_chat(ctx, username(request), last[1], system)
+    def saving(request: gr.Request, cur, system, updates):
+        yield from ch.persist(ctx, username(request), cur, system, updates)
 
-    def on_send(request: gr.Request, text, hist, system, *sampling):
-        yield from persisted(request, h.send(ctx, request.session_hash, text, hist, system, sampling), system)
+    def on_take(request: gr.Request, text):
+        return h.take_message(ctx, request.session_hash, text)
 
-    def on_regenerate(request: gr.Request, hist, system, *sampling):
-        yield from persisted(request, h.regenerate(ctx, request.session_hash, hist, system, sampling), system)
+    def on_reply(request: gr.Request, text, hist, cur, system, *sampling):
+        if text:  # "" when the take was refused (the toast said why)
+            yield from saving(request, cur, system, h.send(ctx, request.session_hash, text, hist, system, sampling))
 
-    def on_edit(request: gr.Request, evt: gr.EditData, hist, system, *sampling):
-        yield from persisted(request, h.edit(ctx, request.session_hash, evt.index, evt.value, hist, system, sampling),
-                             system)
+    def on_send(request: gr.Request, text, hist, cur, system, *sampling):
+        # API clients (gradio_client) see (chat, message box) as before; no browser triggers this.
+        for update in saving(request, cur, system, h.send(ctx, request.session_hash, text, hist, system, sampling)):
+            yield (*update, "")
+
+    def on_regenerate(request: gr.Request, hist, cur, system, *sampling):
+        yield from saving(request, cur, system, h.regenerate(ctx, request.session_hash, hist, system, sampling))
+
+    def on_edit(request: gr.Request, evt: gr.EditData, hist, cur, system, *sampling):
+        yield from saving(request, cur, system,
+                          h.edit(ctx, request.session_hash, evt.index, evt.value, hist, system, sampling))
 
     def on_stop(request: gr.Request):
         h.stop(ctx, request.session_hash)
 
-    def on_clear(request: gr.Request, system):
-        display, cleared = h.clear(ctx, request.session_hash)
-        h.save_chat(ctx, username(request), cleared, system)
-        return display, cleared
+    def on_clear(request: gr.Request):
+        return ch.new_conversation(ctx, request.session_hash)
 
     def on_restore(request: gr.Request):
-        return h.restore_chat(ctx, username(request))
-
-    def on_export(hist, system):
-        return gr.File(value=h.export_chat_file(hist, system), visible=True)
-
-    def on_import(request: gr.Request, upload):
-        display, hist, system = h.import_chat_file(upload)
-        h.save_chat(ctx, username(request), hist, system)
-        return display, hist, system
+        return ch.restore(ctx, username(request))
 
     def on_load(request: gr.Request, name, *values):
         require_admin(ctx, request, "load a model")
@@ -119,16 +111,26 @@ def build(ctx: AppContext):
     # Replies wait in the model manager's line, which shows each its place and refuses the one too
     # many; Gradio lets them all reach it: the one generating, those waiting, and one to refuse.
     common = dict(concurrency_limit=ctx.manager.max_waiting + 2, concurrency_id=GENERATION)
-    gr.on([message.submit, send_btn.click], on_send, [message, history, system_prompt, *sampling_inputs],
-          stream_outputs, api_name="send", **common).then(on_status, None, status, api_visibility="private")
-    gr.on([regen_btn.click, chatbot.retry], on_regenerate, [history, system_prompt, *sampling_inputs],
-          stream_outputs, api_name="regenerate", **common).then(on_status, None, status, api_visibility="private")
-    chatbot.edit(on_edit, [history, system_prompt, *sampling_inputs], stream_outputs,
-                 api_name="edit", **common).then(on_status, None, status, api_visibility="private")
-    stop_btn.click(on_stop, None, None, api_name="stop", queue=False)
-    clear_btn.click(on_clear, system_prompt, [chatbot, history], api_name="clear", queue=False)
-    export_btn.click(on_export, [history, system_prompt], export_file, api_name="export_chat")
-    import_btn.upload(on_import, import_btn, [chatbot, history, system_prompt], api_name="import_chat")
+    refresh = conversations_panel.wire(ctx, panel, chatbot, history, conv, system_prompt)
+    chat_inputs = [history, conv, system_prompt, *sampling_inputs]
+    # Every Enter reaches the server ("multiple"): one sent during a reply is refused with a toast
+    # and stays in the box, instead of being dropped without a word by the browser.
+    gr.on([message.submit, send_btn.click], on_take, message, [message, taken], trigger_mode="multiple",
+          api_visibility="private").then(on_reply, [taken, *chat_inputs], stream_outputs, api_visibility="private",
+                                         **common).then(**refresh).then(on_status, None, status,
+                                                                        api_visibility="private")
+    send_api.click(on_send, [message, *chat_inputs], [*stream_outputs, message], api_name="send",
+                   **common).then(**refresh)
+    gr.on([regen_btn.click, chatbot.retry], on_regenerate, chat_inputs, stream_outputs, api_name="regenerate",
+          **common).then(**refresh).then(on_status, None, status, api_visibility="private")
+    chatbot.edit(on_edit, chat_inputs, stream_outputs, api_name="edit", **common).then(**refresh).then(
+        on_status, None, status, api_visibility="private")
+    # Queued (not queue=False) with their own group, so they never wait behind a reply and a
+    # refusal reaches the page as a toast.
+    stop_btn.click(on_stop, None, None, api_name="stop", concurrency_id="stop", concurrency_limit=None)
+    # The chat's trash icon means what New chat means: an empty conversation, the old one kept.
+    chatbot.clear(on_clear, None, [chatbot, history, conv, system_prompt, panel.title],
+                  api_visibility="private", concurrency_id="stop", concurrency_limit=None).then(**refresh)
     load_btn.click(on_load, [model_choice, *[load_widgets[n] for n in h.LOAD_FIELDS]], status,
                    api_name="load_model", concurrency_limit=1, concurrency_id="model-admin")
     rescan_btn.click(on_rescan, model_choice, model_choice, api_visibility="private", queue=False)
@@ -150,6 +152,6 @@ def build(ctx: AppContext):
         return format_status(state), gr.Timer(active=not settled)
 
     timer.tick(on_tick, None, [status, timer], api_visibility="private", queue=False)
-    # Each user's last chat comes back when the page opens (the store keys it by login name).
-    return lambda app, tabs: app.load(on_restore, None, [chatbot, history, system_prompt],
-                                      api_name="restore_chat")
+    # Each user's latest conversation comes back when the page opens (the store keys it by login name).
+    return lambda app, tabs: app.load(on_restore, None, [chatbot, history, conv, system_prompt, panel.title],
+                                      api_name="restore_chat").then(**refresh)

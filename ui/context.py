@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -12,18 +13,45 @@ from core.settings import AppSettings
 
 
 class CancelRegistry:
-    """One Stop switch per browser session (keyed by Gradio's session hash)."""
+    """One Stop switch per browser session (keyed by Gradio's session hash).
+
+    ``reserve`` marks a session busy from the moment its message is taken until its reply starts
+    (``start``), so a second send in between is refused instead of racing the first."""
+
+    RESERVATION_S = 30.0  # a reservation whose reply never started (page closed) expires
 
     def __init__(self) -> None:
         self._events: dict[str, threading.Event] = {}
+        self._reserved: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    def _busy(self, session: str) -> bool:
+        if session not in self._events:
+            return False
+        taken = self._reserved.get(session)
+        return taken is None or time.monotonic() - taken < self.RESERVATION_S
+
+    def busy(self, session: str) -> bool:
+        with self._lock:
+            return self._busy(session)
+
+    def reserve(self, session: str) -> bool:
+        """False when a reply of ``session`` is running or about to start."""
+        with self._lock:
+            if self._busy(session):
+                return False
+            self._events[session] = threading.Event()
+            self._reserved[session] = time.monotonic()
+            return True
+
     def start(self, session: str) -> threading.Event:
-        event = threading.Event()
         with self._lock:
             previous = self._events.get(session)
+            if self._reserved.pop(session, None) is not None and previous is not None:
+                return previous  # the reservation made when the message was taken (Stop may have set it)
             if previous is not None:
                 previous.set()  # a new request from the same session ends the old one
+            event = threading.Event()
             self._events[session] = event
         return event
 
@@ -39,6 +67,7 @@ class CancelRegistry:
         with self._lock:
             if self._events.get(session) is event:
                 del self._events[session]
+                self._reserved.pop(session, None)
 
 
 @dataclass
@@ -49,8 +78,8 @@ class AppContext:
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     # This machine, probed (cached for a few seconds: free VRAM changes). None in tests that need none.
     hardware: Optional[Callable[[], Any]] = None
-    # Each user's current chat, kept across restarts (services.chat_store.ChatStore); None: not kept.
-    chat_store: Optional[Any] = None
+    # Every user's conversations (services.conversation_store.ConversationStore); None: not kept.
+    conversations: Optional[Any] = None
     # Resources tab: makes the app's one sampler (None: psutil + NVML over ``manager``; tests pass fakes),
     # and gives the planner's prediction for the loaded model (None until the planner provides one).
     sampler_factory: Optional[Callable[["AppContext"], Any]] = None

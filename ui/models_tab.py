@@ -94,15 +94,18 @@ def build(ctx: AppContext, services: Optional[h.ModelsServices] = None) -> Calla
     download_btn.click(on_download, [view, choice, job], [progress, job, library, lib_choice], api_name="download",
                        concurrency_limit=4, concurrency_id="downloads")
     download_btn.click(lambda: "", None, note, api_visibility="private", queue=False)  # an old "Cancelling…" goes
-    cancel_btn.click(h.cancel, job, note, api_name="cancel_download", queue=False)
+    # Queued (their own groups, never waiting behind a download or a load) so that a refusal reaches
+    # the page as a toast instead of an HTTP 500.
+    cancel_btn.click(h.cancel, job, note, api_name="cancel_download", concurrency_id="quick", concurrency_limit=None)
     refresh_btn.click(on_refresh, None, [library, lib_choice], api_name="library", concurrency_limit=2,
                       concurrency_id="library")
     load_btn.click(on_load, lib_choice, lib_status, api_name="load_library_model",
                    concurrency_limit=1, concurrency_id="model-admin").then(
         on_refresh, None, [library, lib_choice], api_visibility="private")
-    reveal_btn.click(on_reveal, lib_choice, path, api_name="reveal_model", queue=False)
+    reveal_btn.click(on_reveal, lib_choice, path, api_name="reveal_model", concurrency_id="quick",
+                     concurrency_limit=None)
     delete_btn.click(on_ask_delete, lib_choice, [confirm_text, pending_delete, confirm_row], api_name="ask_delete",
-                     queue=False)
+                     concurrency_id="quick", concurrency_limit=None)
     confirm_btn.click(on_delete, [lib_choice, pending_delete],
                       [lib_status, library, lib_choice, pending_delete, confirm_row], api_name="delete_model",
                       concurrency_limit=1, concurrency_id="model-admin")
