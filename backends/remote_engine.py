@@ -336,3 +336,8 @@ def backend_factory(endpoints: Callable[[str], Optional[RemoteEndpoint]]) -> Cal
         return WorkerBackend(name)
 
     return make
+
+
+def backend_for_store(store) -> Callable[[str], object]:
+    """``backend_factory`` over a ``services.remote_endpoints.RemoteEndpointStore``."""
+    return backend_factory(store.get)

@@ -121,8 +121,9 @@ def format_stats(stats: GenerationStats) -> str:
         f"{stats.completion_tokens} token{'' if stats.completion_tokens == 1 else 's'}",
         "n/a tok/s" if stats.measured_tokens_per_s is None else f"{stats.measured_tokens_per_s:.1f} tok/s",
         f"TTFT {stats.ttft_s * 1000:.0f} ms" if stats.ttft_s < 1 else f"TTFT {stats.ttft_s:.2f} s",
-        f"context {stats.context_used}/{stats.n_ctx} ({stats.context_fraction:.0%})",
     ]
+    if stats.n_ctx:  # a remote engine may not say its context
+        parts.append(f"context {stats.context_used}/{stats.n_ctx} ({stats.context_fraction:.0%})")
     if stats.finish_reason == "cancelled":
         parts.append("stopped")
     elif stats.finish_reason in ("length", "context"):

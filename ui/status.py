@@ -17,6 +17,11 @@ def _placement(info: ModelInfo) -> str:
 
 
 def describe_model(info: ModelInfo) -> str:
+    if info.backend == "remote":
+        endpoint = info.path.split(":", 1)[0]
+        context = f"context {info.n_ctx:,}" if info.n_ctx else "context as the server allows"
+        return (f"**{info.name}** · remote engine **{endpoint}** · {context} · runs on the remote server "
+                f"(speed measured here) · connected in {info.load_seconds:.1f} s")
     template = ("chat template from the model file" if info.template_origin != "chatml-fallback"
                 else "**the model has no chat template: using ChatML**")
     return (f"**{info.name}** · {info.backend} · context {info.n_ctx:,} (trained {info.n_ctx_train:,}) · "
