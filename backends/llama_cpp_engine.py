@@ -33,6 +33,11 @@ DEFAULT_CTX = 4096
 _KV_GGML_TYPE = {"f16": 1, "q8_0": 8, "q4_0": 2}
 
 
+def offload_kqv(opts) -> bool:
+    """llama.cpp's ``offload_kqv``: off keeps the whole KV cache (and attention) in RAM."""
+    return getattr(opts, "kv_placement", "auto") != "ram"
+
+
 class LlamaLogCapture:
     """Receives llama.cpp's log; keeps buffer-size lines and a tail of warnings and errors."""
 
@@ -122,7 +127,7 @@ class LlamaCppEngine:
                 spec.model_path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
                 n_threads_batch=n_threads, n_batch=opts.n_batch, n_ubatch=opts.n_batch,
                 flash_attn=opts.flash_attn, type_k=_KV_GGML_TYPE[opts.kv_type],
-                type_v=_KV_GGML_TYPE[opts.kv_type], verbose=True,
+                type_v=_KV_GGML_TYPE[opts.kv_type], offload_kqv=offload_kqv(opts), verbose=True,
             )
         except (ValueError, RuntimeError, OSError) as exc:
             logged = list(self._log.errors)

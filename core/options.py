@@ -56,6 +56,24 @@ class LoadOptions(_Options):
         json_schema_extra={"cli": "--kv"},
     )
 
+    kv_placement: Literal["auto", "gpu", "ram"] = Field(
+        "auto", title="KV cache placement",
+        description="gpu: each layer's KV cache on its device (llama.cpp's default); ram: all of it in RAM with "
+                    "attention on the CPU (offload_kqv off), which frees VRAM for more layers; auto: the planner "
+                    "keeps it in RAM only when that is predicted faster.",
+        json_schema_extra={"cli": "--kv-placement"},
+    )
+
+    @field_validator("kv_placement", mode="before")
+    @classmethod
+    def _none_is_auto(cls, value):
+        return "auto" if value is None else value  # presets write "auto" as None
+
+    @property
+    def kv_placements(self) -> tuple[str, ...]:
+        """The placements the planner may choose from."""
+        return ("gpu", "ram") if self.kv_placement == "auto" else (self.kv_placement,)
+
     @model_validator(mode="after")
     def _quantized_kv_needs_flash_attention(self) -> "LoadOptions":
         if self.kv_type != "f16" and not self.flash_attn:

@@ -64,6 +64,7 @@ class Plan:
     split_mode: str = ""         # "layer" | "row" | "none" ("" = one GPU or none)
     tensor_split: tuple[float, ...] = ()
     main_gpu: int = 0
+    kv_placement: str = "gpu"    # "gpu": each layer's KV cache on its device; "ram": all of it in RAM (offload_kqv off)
 
     @property
     def vram_bytes(self) -> int:

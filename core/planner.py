@@ -45,6 +45,7 @@ class Calibration:
     vram_margin_bytes: int = 256 * MIB        # kept free on the GPU (predictions are within ~64 MiB)
     ram_margin_bytes: int = 1 * GIB           # kept free in RAM
     eval_context: int = 256                   # context at which decode speed is predicted
+    kv_ram_layer_s: float = 40e-6             # per GPU layer per token with the KV cache in RAM (two copies, one sync)
 
 
 def pad_ctx(n_ctx: int) -> int:
@@ -107,16 +108,19 @@ def _split(shape: ModelShape, n_gpu_layers: int) -> _Split:
     return _Split(range(first_gpu, n), range(0, first_gpu), ngl >= 1)
 
 
-def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str, cal: Calibration) -> float:
+def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str, cal: Calibration,
+                    kv_in_ram: bool = False) -> float:
     b = type_bytes_per_value(kv_type)
     ctx = cal.eval_context
 
-    def kv_read(layers: range) -> float:
-        return ctx * sum(shape.kv_bytes_per_token(i, b, b) for i in layers)
+    def kv_read(layers: range, tokens: int) -> float:
+        return tokens * sum(shape.kv_bytes_per_token(i, b, b) for i in layers)
 
     head = shape.output_bytes
-    gpu_bytes = sum(shape.block_bytes[i] for i in split.gpu_blocks) + kv_read(split.gpu_blocks)
-    cpu_bytes = sum(shape.block_bytes[i] for i in split.cpu_blocks) + kv_read(split.cpu_blocks)
+    gpu_bytes = sum(shape.block_bytes[i] for i in split.gpu_blocks) + (0 if kv_in_ram else kv_read(split.gpu_blocks, ctx))
+    cpu_bytes = sum(shape.block_bytes[i] for i in split.cpu_blocks) + kv_read(split.cpu_blocks, ctx)
+    if kv_in_ram:  # the CPU runs the attention of every layer over the cache
+        cpu_bytes += kv_read(split.gpu_blocks, ctx)
     if split.output_on_gpu:
         gpu_bytes += head
     else:
@@ -127,6 +131,8 @@ def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str
         bandwidth = (gpu.bandwidth_bytes_per_s or 300e9) * cal.gpu_efficiency
         per_layer = cal.gpu_layer_overhead_s + (cal.gpu_quantized_kv_layer_s if kv_type != "f16" else 0.0)
         seconds += gpu_bytes / bandwidth + per_layer * (len(split.gpu_blocks) + 1)
+        if kv_in_ram:
+            seconds += cal.kv_ram_layer_s * len(split.gpu_blocks)
     if cpu_bytes:
         ram_bw = (hw.ram_bandwidth_bytes_per_s or cal.default_ram_bandwidth) * cal.cpu_efficiency
         rate = min(ram_bw, max(hw.cpu_physical_cores, 1) * cal.cpu_core_bytes_per_s)
@@ -142,10 +148,13 @@ def _several_gpus(hw: Hardware) -> bool:
 
 def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_type: str = "f16",
              flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
-             compute_override: Optional[tuple[int, int]] = None, goal: str = "", gpu_split=None) -> Plan:
+             compute_override: Optional[tuple[int, int]] = None, goal: str = "", gpu_split=None,
+             kv_placement: str = "gpu") -> Plan:
     """The plan for one given configuration (no optimisation). ``compute_override`` is llama.cpp's
     own (gpu, host) compute-buffer sizes from a dry run of exactly this configuration. On several
-    GPUs ``core.multi_gpu_plan`` spreads the layers (``gpu_split``: a ``SplitChoice``, what the user fixed)."""
+    GPUs ``core.multi_gpu_plan`` spreads the layers (``gpu_split``: a ``SplitChoice``, what the user fixed).
+    ``kv_placement="ram"`` is llama.cpp's ``offload_kqv`` off: the whole KV cache stays in RAM and the
+    CPU computes attention, which frees VRAM for more layers at the price of copies per layer."""
     if _several_gpus(hw):
         from core.multi_gpu_plan import SplitChoice, fastest_split
         return replace(fastest_split(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal, gpu_split or SplitChoice(),
@@ -170,11 +179,18 @@ def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_
         c_gpu, c_cpu = 0, compute_buffer_bytes(shape, n_ctx, n_ubatch, flash_attn)
     # A GPU build holds a CUDA context and compute buffers even with no layer offloaded.
     uses_gpu = on_gpu or (hw.can_offload and c_gpu > 0)
-    gpu = MemoryBreakdown(w_gpu, kv_bytes(shape, split.gpu_blocks, n_ctx, kv_type), c_gpu,
-                          cal.gpu_overhead_bytes if uses_gpu else 0)
-    cpu = MemoryBreakdown(w_cpu, kv_bytes(shape, split.cpu_blocks, n_ctx, kv_type), c_cpu,
-                          cal.host_overhead_bytes + shape.n_vocab * 4)
-    tokens_per_s = 1.0 / _decode_seconds(shape, hw, split, kv_type, cal)
+    kv_in_ram = kv_placement == "ram" and on_gpu
+    kv_gpu = kv_bytes(shape, split.gpu_blocks, n_ctx, kv_type)
+    kv_cpu = kv_bytes(shape, split.cpu_blocks, n_ctx, kv_type)
+    if kv_in_ram:
+        kv_gpu, kv_cpu = 0, kv_cpu + kv_gpu
+        c_cpu += kv_ram_compute_bytes(shape, n_ctx, n_ubatch, flash_attn)
+    gpu = MemoryBreakdown(w_gpu, kv_gpu, c_gpu, cal.gpu_overhead_bytes if uses_gpu else 0)
+    cpu = MemoryBreakdown(w_cpu, kv_cpu, c_cpu, cal.host_overhead_bytes + shape.n_vocab * 4)
+    tokens_per_s = 1.0 / _decode_seconds(shape, hw, split, kv_type, cal, kv_in_ram)
+    if kv_in_ram:
+        reasons.append(f"KV cache ({kv_cpu / GIB:.2f} GiB) in RAM, attention on the CPU (prompts are processed "
+                       "more slowly)")
 
     ram_budget = hw.ram_available_bytes - cal.ram_margin_bytes
     vram_budget = (hw.gpus[0].free_bytes - cal.vram_margin_bytes) if hw.gpus else 0
@@ -205,7 +221,16 @@ def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_
         reasons.append(f"a {kv_type} KV cache needs flash attention")
     return Plan(fit=fit, backend="llama_cpp", n_layer=shape.n_layer, n_gpu_layers=ngl, n_ctx=n_ctx,
                 kv_type=kv_type, flash_attn=flash_attn, gpu=gpu, cpu=cpu, tokens_per_s=round(tokens_per_s, 2),
-                reasons=tuple(reasons), quantization=shape.quantization, goal=goal)
+                reasons=tuple(reasons), quantization=shape.quantization, goal=goal,
+                kv_placement="ram" if kv_in_ram else "gpu")
+
+
+def kv_ram_compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
+    """Host compute buffer added when the CPU runs attention: the scores of one ubatch over the
+    context (without flash attention) or one tile of them (with it), in f32 per head."""
+    ctx = pad_ctx(n_ctx)
+    scores = n_ubatch * ctx * shape.n_head * 4 if not flash_attn else n_ubatch * shape.n_embd * 4 * 4
+    return int(scores + 2 * n_ubatch * shape.n_embd * 4)
 
 
 def _best(plans: list[Plan]) -> Optional[Plan]:
@@ -222,16 +247,28 @@ def _best(plans: list[Plan]) -> Optional[Plan]:
     return best
 
 
+def _best_placed(plans: list[Plan]) -> Optional[Plan]:
+    """The best plan with the KV cache on the GPU, unless keeping it in RAM is predicted faster."""
+    on_gpu = _best([p for p in plans if p.kv_placement == "gpu"])
+    in_ram = _best([p for p in plans if p.kv_placement == "ram"])
+    if in_ram is None or (on_gpu is not None and in_ram.tokens_per_s <= on_gpu.tokens_per_s):
+        return on_gpu
+    why = (f"faster than the best plan with it in VRAM ({on_gpu.tokens_per_s:.1f} tokens/s, {on_gpu.n_gpu_layers} "
+           "layers)" if on_gpu is not None else "the only way to fit")
+    return replace(in_ram, reasons=in_ram.reasons + (f"KV cache in RAM: {why}",))
+
+
 def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n_ubatch: int,
-                cal: Calibration, kv_types: tuple[str, ...], gpu_split=None) -> Optional[Plan]:
+                cal: Calibration, kv_types: tuple[str, ...], gpu_split=None,
+                kv_placements: tuple[str, ...] = ("gpu",)) -> Optional[Plan]:
     if _several_gpus(hw):
         from core.multi_gpu_plan import SplitChoice, fastest_split
         return _best([fastest_split(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal, gpu_split or SplitChoice())
                       for kv in kv_types])
     layer_options = range(shape.n_layer + 2) if hw.can_offload else (0,)
-    plans = [evaluate(shape, hw, ngl, n_ctx, kv, flash_attn, n_ubatch, cal)
-             for kv in kv_types for ngl in layer_options]
-    best = _best(plans)
+    plans = [evaluate(shape, hw, ngl, n_ctx, kv, flash_attn, n_ubatch, cal, kv_placement=placement)
+             for kv in kv_types for ngl in layer_options for placement in kv_placements]
+    best = _best_placed(plans)
     if best is None and hw.can_offload:
         best = _best([evaluate_gpu_hidden(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal) for kv in kv_types])
     return best
@@ -239,10 +276,11 @@ def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n
 
 def evaluate_as_asked(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_type: str = "f16",
                       flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
-                      goal: str = "", gpu_split=None) -> Plan:
+                      goal: str = "", gpu_split=None, kv_placement: str = "gpu") -> Plan:
     """``evaluate`` for a configuration the user chose; 0 layers on a GPU too full for llama.cpp's
     CUDA buffers runs with the GPU hidden (``evaluate_gpu_hidden``) rather than being refused."""
-    plan = evaluate(shape, hw, n_gpu_layers, n_ctx, kv_type, flash_attn, n_ubatch, cal, goal=goal, gpu_split=gpu_split)
+    plan = evaluate(shape, hw, n_gpu_layers, n_ctx, kv_type, flash_attn, n_ubatch, cal, goal=goal, gpu_split=gpu_split,
+                    kv_placement=kv_placement)
     if plan.fit == "no_fit" and n_gpu_layers == 0 and hw.can_offload:
         hidden = evaluate_gpu_hidden(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal)
         if hidden.fit != "no_fit":
@@ -262,14 +300,16 @@ def evaluate_gpu_hidden(shape: ModelShape, hw: Hardware, n_ctx: int, kv_type: st
 
 def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Optional[int] = None,
              flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
-             kv_types: Optional[tuple[str, ...]] = None, gpu_split=None) -> Plan:
+             kv_types: Optional[tuple[str, ...]] = None, gpu_split=None,
+             kv_placements: tuple[str, ...] = ("gpu",)) -> Plan:
     """Choose n_gpu_layers, KV type (and for ``goal="context"`` the context) for this machine.
 
     * fastest: the highest predicted tokens/s at the requested (or default) context.
     * context: the longest context (up to the trained one) whose best plan keeps at least 80 % of
       the fastest plan's speed, i.e. more context without falling back to the CPU.
     Never plans more than the model's trained context. Returns a ``no_fit`` plan with reasons when
-    nothing fits.
+    nothing fits. ``kv_placements=("gpu", "ram")`` also considers the KV cache in RAM, chosen only
+    when it is predicted faster.
     """
     kv_options = kv_types or (KV_TYPES_FA if flash_attn else ("f16",))
     base_ctx = default_context(shape, n_ctx)
@@ -277,7 +317,7 @@ def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Opt
     if shape.n_ctx_train and base_ctx > shape.n_ctx_train:
         notes.append(f"context capped at the model's trained {shape.n_ctx_train} tokens")
         base_ctx = shape.n_ctx_train
-    fastest = _fastest_at(shape, hw, base_ctx, flash_attn, n_ubatch, cal, kv_options, gpu_split)
+    fastest = _fastest_at(shape, hw, base_ctx, flash_attn, n_ubatch, cal, kv_options, gpu_split, kv_placements)
     if fastest is None:
         # Report why with the most favourable configuration that still does not fit.
         worst = evaluate(shape, hw, -1 if hw.can_offload else 0, base_ctx, kv_options[-1], flash_attn, n_ubatch, cal,
@@ -288,7 +328,7 @@ def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Opt
         top = shape.n_ctx_train or base_ctx
         candidates = sorted({top, *[c for c in (2**k for k in range(11, 22)) if base_ctx < c < top]}, reverse=True)
         for ctx in candidates:
-            plan = _fastest_at(shape, hw, ctx, flash_attn, n_ubatch, cal, kv_options, gpu_split)
+            plan = _fastest_at(shape, hw, ctx, flash_attn, n_ubatch, cal, kv_options, gpu_split, kv_placements)
             if plan is not None and plan.tokens_per_s >= 0.8 * fastest.tokens_per_s:
                 chosen = plan
                 break

@@ -22,9 +22,10 @@ def plan_llama_cpp(preset: Preset, shape: ModelShape, hw: Hardware, cal: Calibra
     fixed_kv = "kv_type" in preset.load and preset.load["kv_type"] is not None
     if opts.n_gpu_layers is not None:
         ctx = opts.n_ctx or min(4096, shape.n_ctx_train or 4096)
-        return evaluate_as_asked(shape, hw, opts.n_gpu_layers, ctx, opts.kv_type, opts.flash_attn, opts.n_batch, cal)
+        return evaluate_as_asked(shape, hw, opts.n_gpu_layers, ctx, opts.kv_type, opts.flash_attn, opts.n_batch, cal,
+                                 kv_placement="ram" if opts.kv_placement == "ram" else "gpu")
     return optimise(shape, hw, goal=goal, n_ctx=opts.n_ctx, flash_attn=opts.flash_attn, n_ubatch=opts.n_batch,
-                    cal=cal, kv_types=(opts.kv_type,) if fixed_kv else None)
+                    cal=cal, kv_types=(opts.kv_type,) if fixed_kv else None, kv_placements=opts.kv_placements)
 
 
 def plan_transformers_preset(preset: Preset, shape: ModelShape, hw: Hardware, cal: Calibration = Calibration(),
