@@ -15,6 +15,7 @@ import torch
 from backends.base import BufferSize, ModelLoadError
 from core.hf_memory import GIB, MIB, HfMemoryEstimate, HfMemorySettings, RuntimeOverhead, estimate_memory
 from core.hf_model_shape import default_skip_modules
+from core.hf_multi_gpu import HfMultiGpuEstimate, over_several_gpus
 from core.hf_support import (HfSupport, nf4_cpu_shape_problem, quantization_problem, resolve_attention,
                              resolve_compute_dtype)
 from core.options import TransformersLoadOptions
@@ -35,6 +36,7 @@ class LoadPlan:
     n_ctx: int
     estimate: HfMemoryEstimate
     gpu_budget_bytes: Optional[int]
+    max_memory: Optional[dict] = None  # per GPU when spread over several (core.hf_multi_gpu)
 
 
 def probe_support(quantization: str) -> HfSupport:
@@ -101,6 +103,9 @@ def plan_load(model_path: str, opts: TransformersLoadOptions) -> LoadPlan:
                                 n_ctx=n_ctx, n_batch=opts.n_batch, static_cache=opts.compile,
                                 nf4_cpu_layout=budget == 0 and support.bnb_cpu_repacks_nf4)
     estimate = estimate_memory(repo.dims, repo.tensors, settings, budget, overhead)
+    multi = _over_several_gpus(repo, settings, opts, estimate)
+    if multi is not None:
+        estimate = multi.estimate
     if not estimate.fits:
         raise ModelLoadError(f"The model needs {estimate.gpu.total / GIB:.1f} GiB on the GPU even with blocks "
                              f"offloaded; the budget is {budget / GIB:.1f} GiB.")
@@ -111,7 +116,20 @@ def plan_load(model_path: str, opts: TransformersLoadOptions) -> LoadPlan:
         raise ModelLoadError(f"Static cache + torch.compile needs the whole model on one device, but only "
                              f"{estimate.gpu_blocks} of {estimate.n_blocks} blocks fit on the GPU. Load without "
                              "compile, or with a smaller model or quantisation.")
-    return LoadPlan(repo, opts, support, dtype, attention, n_ctx, estimate, budget)
+    return LoadPlan(repo, opts, support, dtype, attention, n_ctx, estimate, budget,
+                    multi.max_memory if multi is not None else None)
+
+
+def _over_several_gpus(repo: HfRepo, settings: HfMemorySettings, opts: TransformersLoadOptions,
+                       one_gpu: HfMemoryEstimate) -> Optional[HfMultiGpuEstimate]:
+    """With more than one CUDA device, an automatic budget and a model that GPU 0 alone cannot hold:
+    the blocks spread over every GPU's free memory (less the margin), when that holds more of them.
+    Free memory is read after each device's CUDA context exists, so no context is counted again."""
+    if opts.gpu_memory_gib is not None or opts.compile or not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return None
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+    return over_several_gpus(repo.dims, repo.tensors, settings, free, GPU_MARGIN_BYTES, one_gpu,
+                             RuntimeOverhead(cuda_context_bytes=0))
 
 
 def _quantization_config(plan: LoadPlan):
@@ -135,7 +153,7 @@ def _device_map(plan: LoadPlan):
     est = plan.estimate
     if est.cpu_only:
         return {"": "cpu"}
-    if est.fully_on_gpu:
+    if est.fully_on_gpu and set(est.device_map.values()) == {0}:
         return {"": 0}
     return full_device_map(plan.repo, est.device_map)
 

@@ -75,6 +75,9 @@ class WorkerBackend:
         parent, child = Pipe(duplex=True)
         path = os.pathsep.join(filter(None, [str(project_root()), os.environ.get("PYTHONPATH", "")]))
         env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1", **self._extra_env)
+        # CUDA numbers GPUs fastest first by default, NVML by PCI bus: the same order for both, so
+        # that a plan's GPU i (NVML) is llama.cpp's and torch's device i.
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         if hide_gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""  # llama.cpp and torch then find no CUDA device
         self._stderr_tail.clear()

@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from core.options import describe_validation_error, field_specs
+from core.options import describe_validation_error, field_specs, parse_number_list
 
 
 class UsageError(Exception):
@@ -32,6 +32,9 @@ def add_option_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) ->
         if annotation is bool:
             parser.add_argument(flag, dest=spec["name"], action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
+        elif spec["list"]:
+            parser.add_argument(flag, dest=spec["name"], type=_number_list, default=None, metavar="A,B,...",
+                                help=help_text)
         elif typing.get_origin(annotation) is typing.Literal:
             parser.add_argument(flag, dest=spec["name"], choices=typing.get_args(annotation),
                                 default=None, help=help_text)
@@ -40,6 +43,13 @@ def add_option_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) ->
                                 help=help_text + (f" ({spec['min']}..{spec['max']})" if spec["max"] else ""))
         names.append(spec["name"])
     return names
+
+
+def _number_list(text: str) -> tuple[float, ...]:
+    try:
+        return parse_number_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def options_from_args(model: type[BaseModel], args: argparse.Namespace, names: list[str]) -> BaseModel:

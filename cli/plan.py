@@ -19,6 +19,7 @@ from cli.args import OneLineParser, UsageError
 from core.gguf_header import GGUFError
 from core.hardware import GIB, GpuInfo, Hardware
 from core.model_shape import ModelShape
+from core.multi_gpu import device_rows
 from core.plan import Plan
 from core.planner import Calibration, evaluate, evaluate_as_asked, optimise
 from core.presets import PresetError
@@ -92,6 +93,8 @@ def make_plan(args: argparse.Namespace, shape: ModelShape, hw: Hardware, cal: Ca
     # llama.cpp can only dry-run for the machine it runs on, with the GPUs its build can use.
     same_machine = hw.source == "probe" and (hw.can_offload or plan.n_gpu_layers == 0)
     hidden = plan.extra.get("hide_gpus", False)  # a dry run here would see the GPU the worker will not
+    if plan.devices:  # the dry run sums the GPUs' buffers; the per-GPU estimate stays
+        return plan
     if model_path is None or args.no_dry_run or plan.fit == "no_fit" or not same_machine or hidden:
         return plan
     from services.dry_run import compute_buffers
@@ -106,7 +109,7 @@ def make_plan(args: argparse.Namespace, shape: ModelShape, hw: Hardware, cal: Ca
 
 def render(plan: Plan, shape: ModelShape, hw: Hardware) -> str:
     gib = lambda n: f"{n / GIB:6.2f} GiB"  # noqa: E731
-    gpu = hw.gpus[0].name if hw.gpus else "no GPU"
+    gpu = hw.gpu_summary
     lines = [
         f"Model     {shape.name}  ({shape.architecture}, {shape.n_layer} blocks, {shape.quantization or '?'}, "
         f"{shape.weight_bytes / GIB:.2f} GiB of weights, trained context {shape.n_ctx_train})",
@@ -118,6 +121,7 @@ def render(plan: Plan, shape: ModelShape, hw: Hardware) -> str:
         "            weights      KV cache     compute      overhead     total",
         f"  GPU     {gib(plan.gpu.weights)}  {gib(plan.gpu.kv_cache)}  {gib(plan.gpu.compute)}  "
         f"{gib(plan.gpu.overhead)}  {gib(plan.vram_bytes)}",
+        *device_rows(plan),
         f"  RAM     {gib(plan.cpu.weights)}  {gib(plan.cpu.kv_cache)}  {gib(plan.cpu.compute)}  "
         f"{gib(plan.cpu.overhead)}  {gib(plan.ram_bytes)}",
         "",

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from core.hardware import Hardware
 from core.hf_memory import HfMemorySettings, estimate_memory
+from core.hf_multi_gpu import device_plans, over_several_gpus
 from core.hf_model_shape import ModelDims, TensorInfo
 from core.hf_support import HfSupport, quantization_problem, resolve_compute_dtype
 from core.hub_files import choose_best
@@ -66,8 +67,15 @@ def plan_transformers(dims: ModelDims, tensors: Sequence[TensorInfo], hw: Hardwa
     ctx = n_ctx or min(4096, dims.max_position_embeddings)
     dtype = resolve_compute_dtype("auto", quantization, _support(hw))
     budget = max(0, hw.gpus[0].free_bytes - GPU_MARGIN_BYTES) if hw.gpus else 0
-    est = estimate_memory(dims, tensors, HfMemorySettings(quantization, dtype, n_ctx=ctx), budget)
+    settings = HfMemorySettings(quantization, dtype, n_ctx=ctx)
+    est = estimate_memory(dims, tensors, settings, budget)
     reasons: list[str] = []
+    multi = over_several_gpus(dims, tensors, settings, [g.free_bytes for g in hw.gpus], GPU_MARGIN_BYTES, est)
+    if multi is not None:
+        est = multi.estimate
+        used = [s for s in multi.gpus if s.n_blocks]
+        reasons.append(f"blocks over {len(used)} GPUs (" + ", ".join(f"GPU{s.index} {s.n_blocks}" for s in used)
+                       + "), in proportion to each one's free memory")
     ram_room = hw.ram_available_bytes - cal.ram_margin_bytes
     if not est.fits:
         fit = "no_fit"
@@ -83,6 +91,9 @@ def plan_transformers(dims: ModelDims, tensors: Sequence[TensorInfo], hw: Hardwa
         seconds = est.cpu.weights / ((hw.ram_bandwidth_bytes_per_s or cal.default_ram_bandwidth) * cal.cpu_efficiency)
     else:
         bandwidth = hw.gpus[0].bandwidth_bytes_per_s if hw.gpus else None
+        if multi is not None:  # the GPUs run one after the other: the slowest one bounds the estimate
+            bandwidth = min((hw.gpus[s.index].bandwidth_bytes_per_s or 0 for s in multi.gpus if s.n_blocks),
+                            default=0) or None
         if bandwidth:
             seconds += (est.gpu.weights + est.gpu.kv_cache) / (bandwidth * cal.gpu_efficiency)
         seconds += est.cpu.weights / PCIE_BYTES_PER_S
@@ -96,7 +107,9 @@ def plan_transformers(dims: ModelDims, tensors: Sequence[TensorInfo], hw: Hardwa
     return Plan(fit=fit, backend="transformers", n_layer=est.n_blocks, n_gpu_layers=on_gpu, n_ctx=ctx,
                 kv_type=dtype, flash_attn=False, gpu=est.gpu if not est.cpu_only else MemoryBreakdown(),
                 cpu=est.cpu, tokens_per_s=round(1 / seconds, 2) if seconds > 0 else 0.0, reasons=tuple(reasons),
-                quantization=quantization, extra={"device_map_blocks_on_gpu": est.gpu_blocks})
+                quantization=quantization, extra={"device_map_blocks_on_gpu": est.gpu_blocks,
+                                                  **({"max_memory": multi.max_memory} if multi else {})},
+                devices=device_plans(multi, [g.name for g in hw.gpus]) if multi else ())
 
 
 def transformers_best_ctx(dims: ModelDims, tensors: Sequence[TensorInfo], hw: Hardware, quantization: str,

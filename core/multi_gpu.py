@@ -260,3 +260,29 @@ def describe_split(plan: Plan, hw: Optional[Hardware] = None) -> str:
     ratio = ",".join(f"{w:g}" for w in plan.tensor_split)
     over = gpu_summary(hw.gpus) if hw is not None else f"{len(plan.devices)} GPUs"
     return f"{plan.split_mode} split, tensor_split {ratio} over {over}"
+
+
+def llama_split_args(split_mode: str, tensor_split: Optional[Sequence[float]], main_gpu: Optional[int],
+                     max_devices: int = 16) -> tuple[int, Optional[tuple[float, ...]], int]:
+    """(``split_mode`` id, ``tensor_split`` padded to llama.cpp's device count or None, ``main_gpu``)
+    for ``llama_model_params``; "auto" (one GPU, or no plan) is llama.cpp's default, a layer split."""
+    mode = SPLIT_MODE_IDS.get(split_mode, SPLIT_MODE_IDS["layer"])
+    weights = None
+    if tensor_split:
+        if len(tensor_split) > max_devices:
+            raise ValueError(f"tensor_split has {len(tensor_split)} entries; this llama.cpp handles {max_devices}")
+        weights = tuple(float(w) for w in tensor_split) + (0.0,) * (max_devices - len(tensor_split))
+    return mode, weights, main_gpu or 0
+
+
+def device_rows(plan: Plan) -> list[str]:
+    """``app.py plan``'s table rows, one per GPU (the same columns as its GPU and RAM rows)."""
+    gib = lambda n: f"{n / GIB:6.2f} GiB"  # noqa: E731
+    rows = []
+    for d in plan.devices:
+        m = d.memory
+        where = (f"blocks {d.first_block}-{d.first_block + d.n_blocks - 1}" if d.n_blocks else "no blocks") + \
+            (" + output" if d.output else "")
+        rows.append(f"  GPU{d.index:<5}{gib(m.weights)}  {gib(m.kv_cache)}  {gib(m.compute)}  {gib(m.overhead)}  "
+                    f"{gib(m.total)}  of {d.usable_bytes / GIB:.2f} usable; {d.n_layers} layers ({where}); {d.name}")
+    return rows

@@ -33,6 +33,19 @@ class SplitChoice:
     main_gpu: Optional[int] = None
 
 
+def split_choice(options) -> SplitChoice:
+    """What a ``LoadOptions`` fixes of the split."""
+    return SplitChoice(options.split_mode, options.tensor_split, options.main_gpu)
+
+
+def split_updates(plan: Plan) -> dict:
+    """The ``LoadOptions`` fields that make a load place the model exactly as ``plan`` does
+    (nothing for a plan on one GPU or none)."""
+    if not plan.devices:
+        return {}
+    return {"split_mode": plan.split_mode, "tensor_split": plan.tensor_split or None, "main_gpu": plan.main_gpu}
+
+
 TIE = 0.02          # plans this close in predicted speed count as equally fast
 ROW_MARGIN = 1.25   # row split must be predicted this much faster to be chosen (its sync cost is a guess)
 

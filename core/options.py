@@ -12,6 +12,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 KVType = Literal["f16", "q8_0", "q4_0"]
 KV_TYPES: tuple[str, ...] = ("f16", "q8_0", "q4_0")
+SplitModeOption = Literal["auto", "layer", "row", "none"]
+MAX_GPUS = 16  # llama.cpp's LLAMA_MAX_DEVICES
+
+
+def parse_number_list(text: str, what: str = "tensor_split") -> tuple[float, ...]:
+    """``"3,1"`` or ``"0.6 0.4"`` -> (3.0, 1.0); ValueError with a readable message otherwise."""
+    parts = [p for p in re.split(r"[,\s/]+", text.strip()) if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{what} must be numbers separated by commas, e.g. 3,1 (got {text[:40]!r})") from None
+    if not values:
+        raise ValueError(f"{what} is empty: give one number per GPU, e.g. 3,1")
+    return values
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 64
@@ -55,6 +69,35 @@ class LoadOptions(_Options):
         description="Element type of the KV cache: f16, q8_0 (half the memory) or q4_0 (a quarter).",
         json_schema_extra={"cli": "--kv"},
     )
+    split_mode: SplitModeOption = Field(
+        "auto", title="Multi-GPU split",
+        description="Several GPUs: layer (whole layers per GPU), row (every matrix cut across the GPUs), "
+                    "none (the main GPU alone). auto = the planner's choice. Ignored with one GPU.",
+        json_schema_extra={"cli": "--split-mode"},
+    )
+    tensor_split: Optional[tuple[float, ...]] = Field(
+        None, title="Tensor split",
+        description="Several GPUs: the share of the model on each, in GPU order, e.g. 3,1. "
+                    "Empty = automatic (from each GPU's free memory and speed).",
+        json_schema_extra={"cli": "--tensor-split", "empty": "auto", "list": True},
+    )
+    main_gpu: Optional[int] = Field(
+        None, ge=0, le=MAX_GPUS - 1, title="Main GPU",
+        description="Several GPUs: with split none the GPU used; with row the GPU holding small tensors "
+                    "and results. Empty = automatic (GPU 0 for row).",
+        json_schema_extra={"cli": "--main-gpu", "step": 1, "empty": "auto"},
+    )
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _check_tensor_split(cls, value: Optional[tuple[float, ...]]) -> Optional[tuple[float, ...]]:
+        if value is None:
+            return None
+        if not 1 <= len(value) <= MAX_GPUS:
+            raise ValueError(f"tensor_split takes 1..{MAX_GPUS} numbers, one per GPU")
+        if any(v < 0 or v > 1e6 for v in value) or sum(value) <= 0:
+            raise ValueError("tensor_split takes non-negative numbers (up to 1e6) with a sum above 0")
+        return value
 
     kv_placement: Literal["auto", "gpu", "ram"] = Field(
         "auto", title="KV cache placement",
@@ -184,6 +227,7 @@ def field_specs(model: type[BaseModel]) -> list[dict]:
             "cli": extra.get("cli"),
             "empty": extra.get("empty"),  # how the UI names "no value" (None) for optional fields
             "suggest": tuple(extra.get("suggest", ())),
+            "list": bool(extra.get("list")),  # a list of numbers, written "3,1"
         })
     return specs
 

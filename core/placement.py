@@ -123,7 +123,43 @@ def placement_card(model: Optional[LoadedModel], plan: Optional[Plan], worker_vr
     if plan is not None and plan.warning:
         lines.append(f"⚠️ {plan.warning}")
     lines.append(_prediction(plan, on_gpu, total, gpus, devices, overhead, last_tokens_per_s))
+    lines += gpu_cards(plan, devices, worker_vram)
     return "\n\n".join(lines)
+
+
+def gpu_cards(plan: Optional[Plan], devices: dict[str, MemoryBreakdown], worker_vram: dict[int, Optional[int]]) -> list[str]:
+    """One card per GPU of a plan over several GPUs: its layers and bytes predicted beside what
+    llama.cpp's buffers and the driver measured on that GPU."""
+    if plan is None or not plan.devices:
+        return []
+    cards = []
+    for d in plan.devices:
+        measured = devices.get(f"GPU{d.index}", MemoryBreakdown())
+        held = worker_vram.get(d.index)
+        where = (f"blocks {d.first_block}–{d.first_block + d.n_blocks - 1}" if d.n_blocks else "no blocks") + \
+            (" + output head" if d.output else "")
+        rows = [f"**GPU{d.index} · {markdown_safe_name(d.name)}** — planned {d.n_layers} layers ({where})"
+                + (", main GPU" if d.main and plan.split_mode == "row" else ""),
+                "", "| | predicted | measured | error |", "|---|---:|---:|---:|"]
+        for key, label in _LABELS:
+            p, m = getattr(d.memory, key), getattr(measured, key)
+            rows.append(f"| {label} | {format_bytes(p)} | {format_bytes(m)} | {_error(p, m)} |")
+        if held is not None:
+            rows.append(f"| runtime overhead | {format_bytes(d.memory.overhead)} | {format_bytes(held - measured.total)} | "
+                        f"{_error(d.memory.overhead, held - measured.total)} |")
+            rows.append(f"| total (driver) | {format_bytes(d.memory.total)} | {format_bytes(held)} | "
+                        f"{_error(d.memory.total, held)} |")
+        else:
+            rows.append(f"| total | {format_bytes(d.memory.total)} | driver reading unavailable | |")
+        rows.append(f"| usable before the load | {format_bytes(d.usable_bytes)} | | |")
+        cards.append("\n".join(rows))
+    split = ",".join(f"{w:g}" for w in plan.tensor_split)
+    if plan.backend == "transformers":
+        head = f"**Blocks over {len(plan.devices)} GPUs** (an explicit accelerate device map)"
+    else:
+        head = (f"**Split over {len(plan.devices)} GPUs**: {plan.split_mode}" + (f", tensor_split {split}" if split else "")
+                + (f", main GPU {plan.main_gpu}" if plan.split_mode != "layer" else ""))
+    return [head, *cards]
 
 
 def _prediction(plan: Optional[Plan], on_gpu: int, total: int, gpus: list[str], devices: dict[str, MemoryBreakdown],

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import gradio as gr
 from pydantic import BaseModel, ValidationError
 
-from core.options import describe_validation_error, field_specs
+from core.options import describe_validation_error, field_specs, parse_number_list
 
 
 def _literal_choices(annotation: Any) -> list[str] | None:
@@ -45,7 +45,8 @@ def build_widgets(model: type[BaseModel], values: BaseModel | None = None,
         elif spec["empty"]:
             # Optional number: "auto"/"random" or a value. A Number box cannot be empty in Gradio.
             choices = [spec["empty"], *[str(v) for v in spec["suggest"]]]
-            widget = gr.Dropdown(choices=choices, value=spec["empty"] if default is None else str(default),
+            shown = ",".join(f"{v:g}" for v in default) if spec["list"] and default else default
+            widget = gr.Dropdown(choices=choices, value=spec["empty"] if default is None else str(shown),
                                  allow_custom_value=True, **common)
         elif spec["min"] is None or spec["max"] is None:
             is_int = int in (annotation, *typing.get_args(annotation))
@@ -71,6 +72,11 @@ def options_from_values(model: type[BaseModel], names: Sequence[str], values: Se
             text = value.strip()
             if text.lower() in ("", spec["empty"]):
                 value = None
+            elif spec["list"]:
+                try:
+                    value = parse_number_list(text, spec["title"])
+                except ValueError as exc:
+                    raise gr.Error(f"Invalid {what}: {exc}") from None
             else:
                 try:
                     value = int(text)
