@@ -132,6 +132,10 @@ def render(plan: Plan, shape: ModelShape, hw: Hardware) -> str:
 
 
 def run(argv: list[str]) -> int:
+    if any(a == "--cluster" or a.startswith("--cluster=") for a in argv):  # a vLLM / llama-server deployment
+        from cli.cluster_plan import run as run_cluster
+
+        return run_cluster(argv)
     from services.calibration import load_calibration
     from services.paths import default_data_dir
 
