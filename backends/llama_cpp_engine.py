@@ -167,7 +167,7 @@ class LlamaCppEngine:
         self._template = None
 
     # -- quality check (backends.text_scoring) --------------------------------------------------
-    def score_text(self, text: str, opts, cancel: threading.Event, ref=None):
+    def score_text(self, text: str, opts, cancel: threading.Event, ref=None, keep_top: bool = False):
         """The quality check's windows on the loaded model (``backends.text_scoring.score_text``)."""
         from backends.text_scoring import llama_tokenize, llama_window_logits, score_text
 
@@ -179,7 +179,7 @@ class LlamaCppEngine:
                                f"({llm.n_ctx()}); load the model with a longer context or use a smaller window.")
         return score_text(text, opts, lambda t: llama_tokenize(llm, t),
                           lambda chunk, first: llama_window_logits(llm, chunk, first, opts.batch, cancel),
-                          cancel, ref, self._info.name)
+                          cancel, ref, self._info.name, keep_top)
 
     # -- generation ------------------------------------------------------------------------
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,

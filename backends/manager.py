@@ -236,7 +236,7 @@ class ModelManager:
             threading.Thread(target=self._planner.learn, args=(info,), daemon=True).start()
 
     def score_text(self, text: str, opts, cancel: threading.Event, ref: Optional[dict] = None,
-                   wait_s: float = 600.0) -> Generator[tuple, None, bool]:
+                   keep_top: bool = False, wait_s: float = 600.0) -> Generator[tuple, None, bool]:
         """The quality check on the loaded model (see ``WorkerBackend.score_text``). It waits in the
         same line as replies and holds the model until it ends, is stopped or is closed."""
         turn = self._turns.join()
@@ -247,7 +247,7 @@ class ModelManager:
                 raise NotLoadedError(self._not_ready_message(state))
             if not hasattr(self._backend, "score_text"):
                 raise BackendError(f"The {self._backend.name} backend cannot run the quality check.")
-            events = self._backend.score_text(text, opts, cancel, ref)
+            events = self._backend.score_text(text, opts, cancel, ref, keep_top)
             turn.hand_over()
         except BaseException:
             turn.leave()

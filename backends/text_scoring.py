@@ -43,16 +43,17 @@ class Reference:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
+    """In float32 (half the memory traffic of float64; sums over the vocabulary in float64)."""
+    x = logits.astype(np.float32, copy=True)
     x -= x.max(axis=1, keepdims=True)
-    x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
+    x -= np.log(np.exp(x).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
     return x
 
 
 def score_logits(index: int, logits: np.ndarray, targets: list[int], top_k: int,
                  ref: Optional[tuple[np.ndarray, np.ndarray]] = None) -> tuple[WindowScore, np.ndarray, np.ndarray]:
     """Sums for one window from its scored positions' logits (positions x vocabulary), and this
-    model's top-k per position (kept, so that it can serve as a reference later)."""
+    model's top-k per position (to serve as a reference later; ``top_k=0``: not needed)."""
     n = len(targets)
     if logits.shape[0] != n:
         raise ValueError(f"{logits.shape[0]} rows of logits for {n} targets")
@@ -66,26 +67,30 @@ def score_logits(index: int, logits: np.ndarray, targets: list[int], top_k: int,
         hi = min(n, lo + _ROWS)
         lp = log_softmax(logits[lo:hi])
         rows = np.arange(hi - lo)
-        nll = -lp[rows, target_arr[lo:hi]]
+        nll = -lp[rows, target_arr[lo:hi]].astype(np.float64)
         nll_sum += float(nll.sum())
         nll2_sum += float((nll * nll).sum())
-        part = np.argpartition(-lp, k - 1, axis=1)[:, :k] if k < lp.shape[1] else np.tile(np.arange(k), (hi - lo, 1))
-        part_lp = np.take_along_axis(lp, part, axis=1)
-        order = np.argsort(-part_lp, axis=1, kind="stable")
-        top_ids[lo:hi] = np.take_along_axis(part, order, axis=1)
-        top_lps[lo:hi] = np.take_along_axis(part_lp, order, axis=1)
+        if k:
+            part = (np.argpartition(-lp, k - 1, axis=1)[:, :k] if k < lp.shape[1]
+                    else np.tile(np.arange(k), (hi - lo, 1)))
+            part_lp = np.take_along_axis(lp, part, axis=1)
+            order = np.argsort(-part_lp, axis=1, kind="stable")
+            top_ids[lo:hi] = np.take_along_axis(part, order, axis=1)
+            top_lps[lo:hi] = np.take_along_axis(part_lp, order, axis=1)
         if ref is not None:
             ref_ids, ref_lps = ref[0][lo:hi].astype(np.int64), ref[1][lo:hi].astype(np.float64)
             kl = _kl_top_k(ref_lps, np.take_along_axis(lp, ref_ids, axis=1))
             kl_sum += float(kl.sum())
             kl2_sum += float((kl * kl).sum())
-            same_top += int((lp.argmax(axis=1) == ref_ids[:, 0]).sum())
+            # the reference's top token is (one of) this model's top tokens: ties count as agreement
+            same_top += int((lp[rows, ref_ids[:, 0]] >= lp.max(axis=1)).sum())
     return (WindowScore(index, n, nll_sum, nll2_sum, kl_sum, kl2_sum, same_top, n if ref is not None else 0),
             top_ids, top_lps)
 
 
 def _kl_top_k(ref_lp: np.ndarray, model_lp: np.ndarray) -> np.ndarray:
     """KL(reference || model) over the reference's top-k tokens plus everything else as one bin."""
+    ref_lp, model_lp = ref_lp.astype(np.float64), model_lp.astype(np.float64)
     p = np.exp(ref_lp)
     kl = (p * (ref_lp - model_lp)).sum(axis=1)
     p_rest = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
@@ -110,10 +115,11 @@ class ScoredWindow:
 
 def score_text(text: str, opts: QualityOptions, tokenize: Callable[[str], TextTokens],
                window_logits: Callable[[list[int], int], np.ndarray], cancel: threading.Event,
-               ref: Optional[Reference] = None, model_name: str = "this model"
+               ref: Optional[Reference] = None, model_name: str = "this model", keep_top: bool = False
                ) -> Generator[ScoreStart | ScoredWindow, None, bool]:
-    """Yields a ScoreStart, then one ScoredWindow per window; returns True when every window ran,
-    False when ``cancel`` stopped it (what was measured has been yielded)."""
+    """Yields a ScoreStart, then one ScoredWindow per window (with this model's top-k per position
+    when ``keep_top``: it is measured as a reference); returns True when every window ran, False
+    when ``cancel`` stopped it (what was measured has been yielded)."""
     tokenized = tokenize(prepare_text(text))
     starts = window_starts(len(tokenized.tokens), opts)
     if ref is not None:
@@ -131,7 +137,7 @@ def score_text(text: str, opts: QualityOptions, tokenize: Callable[[str], TextTo
         logits = window_logits(chunk, first)
         if logits is None:  # stopped between batches
             return False
-        score, ids, lps = score_logits(i, logits, scored_targets(chunk), opts.top_k,
+        score, ids, lps = score_logits(i, logits, scored_targets(chunk), opts.top_k if keep_top else 0,
                                        ref.windows[i] if ref is not None else None)
         score = WindowScore(**{**score.to_dict(), "seconds": round(time.monotonic() - began, 4)})
         yield ScoredWindow(score, ids, lps)

@@ -172,7 +172,7 @@ class TransformersEngine:
                 torch.cuda.empty_cache()
 
     # -- quality check (backends.text_scoring) --------------------------------------------------
-    def score_text(self, text: str, opts, cancel: threading.Event, ref=None):
+    def score_text(self, text: str, opts, cancel: threading.Event, ref=None, keep_top: bool = False):
         """The quality check's windows on the loaded model (``backends.text_scoring.score_text``)."""
         from backends.base import BackendError
         from backends.text_scoring import hf_tokenize, hf_window_logits, score_text
@@ -185,7 +185,7 @@ class TransformersEngine:
         model, device = self.model, self.input_device()
         return score_text(text, opts, lambda t: hf_tokenize(self.tokenizer, model, self._bos_id, t),
                           lambda chunk, first: hf_window_logits(model, device, chunk, first),
-                          cancel, ref, self._info.name)
+                          cancel, ref, self._info.name, keep_top)
 
     # -- generation ------------------------------------------------------------------------
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,

@@ -225,15 +225,17 @@ class WorkerBackend:
                 if not finished and self._proc is not None:
                     self._abandon(req_id)
 
-    def score_text(self, text: str, opts, cancel: threading.Event, ref: Optional[dict] = None) -> Generator[tuple, None, bool]:
+    def score_text(self, text: str, opts, cancel: threading.Event, ref: Optional[dict] = None,
+                   keep_top: bool = False) -> Generator[tuple, None, bool]:
         """The quality check on the loaded model: yields ("start", n_tokens, windows_total, vocab) and
         then ("window", score_dict, top_ids, top_logprobs) per window; returns True when complete,
-        False when ``cancel`` stopped it. ``ref``: a ``backends.text_scoring.Reference`` as a dict."""
+        False when ``cancel`` stopped it. ``ref``: a ``backends.text_scoring.Reference`` as a dict;
+        ``keep_top``: send this model's top-k per position (it is measured as a reference)."""
         if self._proc is None or self._info is None:
             raise NotLoadedError("No model is loaded.")
         with self._gen_lock:
             req_id = next(self._ids)
-            self._send((wp.SCORE, req_id, text, opts.model_dump(), ref))
+            self._send((wp.SCORE, req_id, text, opts.model_dump(), ref, keep_top))
             finished = cancel_sent = False
             try:
                 while True:

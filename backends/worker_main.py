@@ -112,23 +112,23 @@ class Worker:
         finally:
             finished.set()
 
-    def handle_score(self, req_id: int, text: str, opts: dict, ref) -> None:
+    def handle_score(self, req_id: int, text: str, opts: dict, ref, keep_top: bool) -> None:
         if self.busy():
             self.send((wp.ERROR, req_id, "error", "The worker is already generating a reply."))
             return
         cancel = threading.Event()
         self._cancels = {req_id: cancel}
-        self._chat_thread = threading.Thread(target=self._run_score, args=(req_id, text, opts, ref, cancel),
+        self._chat_thread = threading.Thread(target=self._run_score, args=(req_id, text, opts, ref, keep_top, cancel),
                                              name=f"score-{req_id}", daemon=True)
         self._chat_thread.start()
 
-    def _run_score(self, req_id: int, text: str, opts: dict, ref, cancel: threading.Event) -> None:
+    def _run_score(self, req_id: int, text: str, opts: dict, ref, keep_top: bool, cancel: threading.Event) -> None:
         from backends.text_scoring import Reference, ScoreStart
         from core.quality import QualityError, QualityOptions
 
         try:
             reference = Reference(**ref) if ref is not None else None
-            events = self.engine.score_text(text, QualityOptions(**opts), cancel, reference)
+            events = self.engine.score_text(text, QualityOptions(**opts), cancel, reference, keep_top)
             while True:
                 try:
                     event = next(events)
@@ -176,7 +176,7 @@ class Worker:
             elif op == wp.CHAT:
                 self.handle_chat(msg[1], msg[2], msg[3])
             elif op == wp.SCORE:
-                self.handle_score(msg[1], msg[2], msg[3], msg[4])
+                self.handle_score(msg[1], msg[2], msg[3], msg[4], bool(msg[5]))
             elif op == wp.CANCEL:
                 event = self._cancels.get(msg[1])
                 if event:

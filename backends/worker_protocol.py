@@ -1,7 +1,7 @@
 """Messages between the UI process and the model worker: tuples whose first item is the op.
 
 UI -> worker:  (LOAD, spec_dict) | (CHAT, req_id, messages, sampling_dict) | (CANCEL, req_id) | (SHUTDOWN,)
-               | (SCORE, req_id, text, quality_options_dict, reference_or_None)   (the quality check)
+               | (SCORE, req_id, text, quality_options_dict, reference_or_None, keep_top)   (the quality check)
 worker -> UI:  (READY, pid) | (LOADED, info_dict)
                | (DELTA, req_id, text, prompt_tokens, completion_tokens, n_ctx)   (text may be "": counts only)
                | (DONE, req_id, stats_dict)

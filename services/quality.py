@@ -141,7 +141,7 @@ def _score(manager, spec: LoadSpec, text: str, sha: str, opts: QualityOptions, c
     n_tokens = total = 0
     vocab = None
     ref_msg = {k: ref[k] for k in ("name", "vocab", "windows")} if ref else None
-    events = manager.score_text(text, opts, cancel, ref_msg)
+    events = manager.score_text(text, opts, cancel, ref_msg, keep_top)
     complete = False
     try:
         while True:

@@ -79,7 +79,7 @@ def test_scoring_logits_nll_kl_and_top1():
     full, _, _ = score_logits(0, logits, targets, top_k=8, ref=(o_ids, o_lps))
     p, q = np.exp(log_softmax(other)), log_softmax(logits)
     exact = (p * (np.log(p) - q)).sum(axis=1).sum()
-    assert full.kl_sum == pytest.approx(exact, rel=1e-5)  # the reference travels as float32
+    assert full.kl_sum == pytest.approx(exact, rel=1e-4)  # log-probabilities in float32
     part, _, _ = score_logits(0, logits, targets, top_k=8, ref=(o_ids[:, :32], o_lps[:, :32]))
     assert 0 < part.kl_sum <= exact + 1e-9
     assert full.same_top == int((other.argmax(axis=1) == logits.argmax(axis=1)).sum())
