@@ -16,7 +16,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from backends.base import BackendError, ChatStream, NotLoadedError
+from backends.base import BackendError, ChatStream, NotLoadedError, PromptTooLongError, TemplateError
 from backends.turns import BusyError
 from core.openai_schema import (ApiRequestError, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_response,
                                 completion_response, error_body, new_id, parse_request, usage, FINISH)
@@ -43,14 +43,43 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", heade
     return JSONResponse(error_body(message, kind), status_code=status, headers=headers)
 
 
+def _backend_error(exc: BackendError) -> JSONResponse:
+    """Errors that are the request's fault (longer than the context, refused by the template) are 400s."""
+    if isinstance(exc, (PromptTooLongError, TemplateError)):
+        return _error(400, str(exc))
+    return _error(500, str(exc), "server_error")
+
+
+class _BodyTooLarge(ApiRequestError):
+    pass
+
+
+async def _read_capped(request: Request) -> bytes:
+    """The body, refused by its declared ``Content-Length`` before any of it is read, and read
+    with a cap otherwise (chunked bodies), so a huge body never sits in memory."""
+    too_large = _BodyTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise ApiRequestError("the Content-Length header is not a number")
+        if int(declared) > MAX_BODY_BYTES:
+            raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise too_large
+    return bytes(raw)
+
+
 async def _body(request: Request) -> dict:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiRequestError(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    raw = await _read_capped(request)
     try:
         return json.loads(raw or b"null")
     except ValueError:
         raise ApiRequestError("the request body is not valid JSON") from None
+    except RecursionError:
+        raise ApiRequestError("the request body is nested too deeply") from None
 
 
 def _sse(data: dict | str) -> bytes:
@@ -86,10 +115,12 @@ def install(app: FastAPI, manager, settings: ApiSettings) -> None:
             body = parse(await _body(request))
             sampling = body.sampling()
         except ApiRequestError as exc:
-            return _error(400, str(exc))
+            return _error(413 if isinstance(exc, _BodyTooLarge) else 400, str(exc))
         cancel = threading.Event()
         try:
-            stream = await anyio.to_thread.run_sync(lambda: start(body, sampling, cancel))
+            stream = await _while_connected(request, cancel, lambda: start(body, sampling, cancel))
+        except ApiRequestError as exc:  # found while turning the body into messages
+            return _error(400, str(exc))
         except BusyError as exc:
             return _error(503, str(exc), "server_busy", headers={"Retry-After": str(max(1, exc.retry_after_s))})
         except NotLoadedError as exc:
@@ -101,9 +132,9 @@ def install(app: FastAPI, manager, settings: ApiSettings) -> None:
             return StreamingResponse(_stream(request, stream, cancel, request_id, model, shape, body.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            text = await anyio.to_thread.run_sync(lambda: "".join(stream))
+            text = await _collect(request, stream, cancel)
         except BackendError as exc:
-            return _error(500, str(exc), "server_error")
+            return _backend_error(exc)
         build = chat_response if shape == "chat" else completion_response
         return build(request_id, model, text, stream.stats)
 
@@ -118,6 +149,43 @@ def install(app: FastAPI, manager, settings: ApiSettings) -> None:
         return await run(request, lambda data: parse_request(CompletionRequest, data),
                          lambda body, sampling, cancel: manager.stream_chat(body.prompt, sampling, cancel),
                          "text")
+
+
+_DISCONNECT_POLL_S = 0.25
+
+
+async def _while_connected(request: Request, cancel: threading.Event, work: Callable[[], object]):
+    """Run ``work`` in a thread; when the client goes meanwhile, set ``cancel`` (a reply waiting in
+    line or generating then stops). Starlette does not cancel a plain handler on disconnect, so a
+    watcher polls for it."""
+    async def watch() -> None:
+        while not cancel.is_set():
+            if await request.is_disconnected():
+                cancel.set()
+                return
+            await anyio.sleep(_DISCONNECT_POLL_S)
+
+    outcome: dict = {}
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(watch)
+        try:
+            outcome["value"] = await anyio.to_thread.run_sync(work)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group's wrapping
+            outcome["error"] = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+async def _collect(request: Request, stream: ChatStream, cancel: threading.Event) -> str:
+    """A whole (non-streamed) reply; generation stops as soon as its client has gone."""
+    try:
+        return await _while_connected(request, cancel, lambda: "".join(stream))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(stream.close)
 
 
 async def _stream(request: Request, stream: ChatStream, cancel: threading.Event, request_id: str, model: str,
