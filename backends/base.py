@@ -114,6 +114,7 @@ class ModelInfo:
     file_bytes: int
     buffers: tuple[BufferSize, ...] = ()
     worker_pid: Optional[int] = None
+    n_parallel: int = 1  # replies decoded at once (slots)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,28 +1,33 @@
-"""llama.cpp through llama-cpp-python, in the current process. The app runs it inside the
-supervised worker (``backends.worker_main``); the UI process never imports this module.
+"""llama.cpp through llama-cpp-python's low-level API, in the current process. The app runs it inside
+the supervised worker (``backends.worker_main``); the UI process never imports this module.
 
-Generation is our own loop over llama.cpp's sampler: the prompt is evaluated in ``n_batch``
-chunks (Stop is checked between them), each token is turned into bytes once, and UTF-8 and
-stop strings are handled incrementally. This avoids ``create_completion(stream=True)``'s
-hold-back logic, which re-detokenises the reply and was measured collapsing decode speed.
+Loading builds llama.cpp's parameters in ``backends.llama_params``; generation runs in
+``backends.llama_batch_loop``: one thread owns the context, decodes every running reply's next token
+in one batch and samples each in C with its own sampler chain (``backends.llama_sampling``). Text is
+assembled incrementally (UTF-8 and stop strings) from cached token pieces; nothing re-detokenises
+the reply and no logits are copied into Python. ``LoadOptions.parallel`` replies run at once, each
+in a slot (sequence) that keeps its own prefix cache (``backends.llama_slots``).
 """
 from __future__ import annotations
 
 import ctypes
-import random
 import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Generator, Optional
 
 from backends.base import BackendError, BufferSize, ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, TemplateError
-from backends.reply_loop import Decoding, check_prompt_fits, reply_stats, stream_reply
+from backends.llama_batch_loop import BatchLoop, Reply
+from backends.llama_params import llama_params, offload_kqv  # noqa: F401 (offload_kqv: tests import it here)
+from backends.llama_sampling import SamplerChain
+from backends.reply_loop import check_prompt_fits
 from core.chat_template import TemplateRenderError, TemplateSource, choose_template
 # Templates render in a child process under RLIMIT_AS and a wall-clock kill (issue 13).
 from services.template_process import check_template, render_chat_template
-from core.generation import GenerationProgress, GenerationStats, Utf8Assembler
+from core.generation import GenerationProgress, GenerationStats
 from core.gguf_header import GGUFError
 from core.llama_log import is_error_line, parse_buffer_line
 from core.options import SamplingOptions
@@ -30,12 +35,6 @@ from services.cpu import physical_cores
 from services.gguf_file import read_header
 
 DEFAULT_CTX = 4096
-_KV_GGML_TYPE = {"f16": 1, "q8_0": 8, "q4_0": 2}
-
-
-def offload_kqv(opts) -> bool:
-    """llama.cpp's ``offload_kqv``: off keeps the whole KV cache (and attention) in RAM."""
-    return getattr(opts, "kv_placement", "auto") != "ram"
 
 
 class LlamaLogCapture:
@@ -80,21 +79,29 @@ class LlamaLogCapture:
 
 class LlamaCppEngine:
     name = "llama_cpp"
+    _backend_initialized = False
 
     def __init__(self) -> None:
-        self._llm = None
+        self._model = None
+        self._ctx = None
+        self._vocab = None
+        self._loop: Optional[BatchLoop] = None
         self._info: Optional[ModelInfo] = None
         self._template: Optional[TemplateSource] = None
         self._bos_text = ""
         self._eos_text = ""
         self._add_bos = False
-        self._piece_buf = ctypes.create_string_buffer(256)
+        self._n_vocab = 0
         self._log = LlamaLogCapture()
         self._log_installed = False
 
     @property
     def info(self) -> Optional[ModelInfo]:
         return self._info
+
+    def running(self) -> int:
+        """Replies being decoded right now."""
+        return self._loop.running() if self._loop is not None else 0
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, spec: LoadSpec) -> ModelInfo:
@@ -111,58 +118,87 @@ class LlamaCppEngine:
             raise ModelLoadError(
                 f"A context of {n_ctx} tokens is more than this model was trained for ({n_ctx_train}).")
 
-        import llama_cpp
-        from llama_cpp import Llama
+        import llama_cpp as lc
 
+        if not LlamaCppEngine._backend_initialized:
+            lc.llama_backend_init()
+            LlamaCppEngine._backend_initialized = True
         if not self._log_installed:
             self._log.install()
             self._log_installed = True
         self._log.reset()
-        offload = bool(llama_cpp.llama_supports_gpu_offload())
+        offload = bool(lc.llama_supports_gpu_offload())
         n_gpu_layers = opts.n_gpu_layers if opts.n_gpu_layers is not None else (-1 if offload else 0)
-        n_threads = opts.n_threads or physical_cores()
+        params = llama_params(opts, n_ctx, n_gpu_layers, opts.n_threads or physical_cores(),
+                              getattr(opts, "parallel", None) or 1)
+        name = Path(spec.model_path).name
         started = time.monotonic()
-        try:
-            llm = Llama(
-                spec.model_path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-                n_threads_batch=n_threads, n_batch=opts.n_batch, n_ubatch=opts.n_batch,
-                flash_attn=opts.flash_attn, type_k=_KV_GGML_TYPE[opts.kv_type],
-                type_v=_KV_GGML_TYPE[opts.kv_type], offload_kqv=offload_kqv(opts), verbose=True,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
-            logged = list(self._log.errors)
-            detail = ([line for line in logged if "error" in line.lower()] or logged or [str(exc)])[-1]
-            raise ModelLoadError(f"llama.cpp could not load {Path(spec.model_path).name}: {detail}") from None
+        model = lc.llama_model_load_from_file(spec.model_path.encode("utf-8"), params.model)
+        if not model:
+            raise ModelLoadError(f"llama.cpp could not load {name}: {self._logged_error('failed to load model')}")
+        ctx = lc.llama_init_from_model(model, params.context)
+        if not ctx:
+            lc.llama_model_free(model)
+            raise ModelLoadError(f"llama.cpp could not load {name}: {self._logged_error('failed to create the context')}")
         load_seconds = time.monotonic() - started
 
-        template = choose_template(llm.metadata.get("tokenizer.chat_template"))
-        vocab = llm._model
-        bos, eos = vocab.token_bos(), vocab.token_eos()
-        bos_text = vocab.token_get_text(bos) if bos >= 0 else ""
-        eos_text = vocab.token_get_text(eos) if eos >= 0 else ""
+        vocab = lc.llama_model_get_vocab(model)
+        template = choose_template(self._meta(model, "tokenizer.chat_template"))
+        bos, eos = lc.llama_vocab_bos(vocab), lc.llama_vocab_eos(vocab)
+        bos_text = lc.llama_vocab_get_text(vocab, bos).decode("utf-8", errors="replace") if bos >= 0 else ""
+        eos_text = lc.llama_vocab_get_text(vocab, eos).decode("utf-8", errors="replace") if eos >= 0 else ""
         try:
             check_template(template, bos_text, eos_text)
         except TemplateRenderError as exc:
-            llm.close()
+            lc.llama_free(ctx)
+            lc.llama_model_free(model)
             raise TemplateError(str(exc)) from None
 
-        self._llm, self._template = llm, template
+        self._model, self._ctx, self._vocab, self._template = model, ctx, vocab, template
         self._bos_text, self._eos_text = bos_text, eos_text
-        self._add_bos = bool(vocab.add_bos_token())
+        self._add_bos = bool(lc.llama_vocab_get_add_bos(vocab))
+        self._n_vocab = lc.llama_vocab_n_tokens(vocab)
+        n_ctx_seq = lc.llama_n_ctx_seq(ctx)
+        self._loop = BatchLoop(ctx, vocab, lc.llama_n_batch(ctx), params.n_parallel, n_ctx_seq,
+                               self._describe_decode_failure)
         self._info = ModelInfo(
-            name=spec.display_name or Path(spec.model_path).name,
-            path=spec.model_path, backend=self.name, n_ctx=llm.n_ctx(), n_ctx_train=n_ctx_train,
+            name=spec.display_name or name,
+            path=spec.model_path, backend=self.name, n_ctx=n_ctx_seq, n_ctx_train=n_ctx_train,
             n_layer=n_layer, n_gpu_layers=n_gpu_layers, gpu_offload_supported=offload,
-            n_threads=n_threads, kv_type=opts.kv_type, flash_attn=opts.flash_attn,
+            n_threads=params.n_threads, kv_type=opts.kv_type, flash_attn=opts.flash_attn,
             template_origin=template.origin, load_seconds=round(load_seconds, 3),
-            file_bytes=header.file_size or 0, buffers=tuple(self._log.buffers),
+            file_bytes=header.file_size or 0, buffers=tuple(self._log.buffers), n_parallel=params.n_parallel,
         )
         return self._info
 
+    def _logged_error(self, fallback: str) -> str:
+        logged = list(self._log.errors)
+        return ([line for line in logged if "error" in line.lower()] or logged or [fallback])[-1]
+
+    @staticmethod
+    def _meta(model, key: str) -> Optional[str]:
+        import llama_cpp as lc
+
+        size = 4096
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = lc.llama_model_meta_val_str(model, key.encode("utf-8"), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = n + 1
+
     def unload(self) -> None:
-        if self._llm is not None:
-            self._llm.close()
-        self._llm = None
+        import llama_cpp as lc
+
+        if self._loop is not None:
+            self._loop.close()
+        if self._ctx is not None:
+            lc.llama_free(self._ctx)
+        if self._model is not None:
+            lc.llama_model_free(self._model)
+        self._loop = self._ctx = self._model = self._vocab = None
         self._info = None
         self._template = None
 
@@ -181,37 +217,50 @@ class LlamaCppEngine:
                           lambda chunk, first: llama_window_logits(llm, chunk, first, opts.batch, cancel),
                           cancel, ref, self._info.name, keep_top)
 
+    # -- quality check (backends.text_scoring) --------------------------------------------------
+    def score_text(self, text: str, opts, cancel: threading.Event, ref=None):
+        """The quality check's windows on the loaded model (``backends.text_scoring.score_text``), run
+        while no reply is decoding; every slot's prefix cache is gone afterwards."""
+        from backends.text_scoring import llama_tokenize, llama_window_logits, score_text
+
+        if self._loop is None:
+            raise NotLoadedError("No model is loaded.")
+        llm = _ScoringView(self)
+        if opts.window > llm.n_ctx():
+            raise BackendError(f"The quality window ({opts.window} tokens) is longer than the loaded context "
+                               f"({llm.n_ctx()}); load the model with a longer context or use a smaller window.")
+        events = score_text(text, opts, lambda t: llama_tokenize(llm, t),
+                            lambda chunk, first: llama_window_logits(llm, chunk, first, opts.batch, cancel),
+                            cancel, ref, self._info.name)
+        return self._loop.exclusive(events)
+
     # -- generation ------------------------------------------------------------------------
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
                     cancel: threading.Event) -> ChatStream:
-        if self._llm is None:
+        if self._loop is None:
             raise NotLoadedError("No model is loaded.")
-        progress = GenerationProgress(started=time.monotonic(), n_ctx=self._llm.n_ctx())
-        return ChatStream(self._decode_failure_reported(self._generate(messages, params, cancel, progress)), progress)
+        progress = GenerationProgress(started=time.monotonic(), n_ctx=self._info.n_ctx)
+        return ChatStream(self._generate(messages, params, cancel, progress), progress)
 
-    def _decode_failure_reported(self, reply: Generator[str, None, GenerationStats]) -> Generator[str, None, GenerationStats]:
+    def _describe_decode_failure(self, rc: int) -> str:
         """llama.cpp's buffers are allocated at load, so a failing ``llama_decode`` (an allocation or
-        device error) is rare; it becomes a message, and the next reply starts from a clean cache."""
-        try:
-            return (yield from reply)
-        except RuntimeError as exc:
-            if "llama_decode" not in str(exc):
-                raise
-            self._llm.reset()
-            logged = [line for line in self._log.errors if line][-1:]
-            raise BackendError(f"llama.cpp could not evaluate this reply ({exc}"
-                               + (f"; {logged[0][:200]}" if logged else "") + "). The model is still loaded; "
-                               "if this repeats, load it with a smaller context or fewer GPU layers.") from None
+        device error) is rare; it becomes a message, and the slot starts again from a clean cache."""
+        logged = [line for line in self._log.errors if line][-1:]
+        return (f"llama.cpp could not evaluate this reply (llama_decode returned {rc}"
+                + (f"; {logged[0][:200]}" if logged else "") + "). The model is still loaded; "
+                "if this repeats, load it with a smaller context or fewer GPU layers.")
 
-    def _piece(self, token: int) -> bytes:
-        import llama_cpp
+    def tokenize(self, text: str, add_bos: bool, special: bool = True) -> list[int]:
+        import llama_cpp as lc
 
-        vocab = self._llm._model.vocab
-        n = llama_cpp.llama_token_to_piece(vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
-        if n < 0:
-            self._piece_buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
-        return self._piece_buf.raw[:n]
+        data = text.encode("utf-8")
+        size = len(data) + 2
+        while True:
+            buf = (lc.llama_token * size)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, size, add_bos, special)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n
 
     def tokenize_prompt(self, messages: list[dict] | str) -> list[int]:
         """Messages go through the chat template; a string is a raw completion prompt."""
@@ -224,52 +273,47 @@ class LlamaCppEngine:
             except TemplateRenderError as exc:
                 raise TemplateError(str(exc)) from None
         add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
-        return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
-
-    def _reuse_prefix(self, tokens: list[int]) -> int:
-        """Keep the KV cache of the longest common prefix with the previous request."""
-        llm = self._llm
-        cached = llm._input_ids[: llm.n_tokens].tolist()
-        common = 0
-        for a, b in zip(cached, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # at least one token must be evaluated for logits
-        if common > 0 and llm._ctx.kv_cache_seq_rm(-1, common, -1):
-            llm.n_tokens = common
-            return common
-        llm.reset()
-        return 0
+        return self.tokenize(prompt, add_bos)
 
     def _generate(self, messages: list[dict] | str, params: SamplingOptions, cancel: threading.Event,
                   progress: GenerationProgress) -> Generator[str, None, GenerationStats]:
-        import llama_cpp
-
-        llm = self._llm
+        loop = self._loop
         tokens = self.tokenize_prompt(messages)
         progress.prompt_tokens = len(tokens)
-        n_ctx = llm.n_ctx()
-        check_prompt_fits(len(tokens), n_ctx)
-
-        cached = self._reuse_prefix(tokens)
-        todo = tokens[cached:]
-        for i in range(0, len(todo), llm.n_batch):
-            if cancel.is_set():
-                return reply_stats(progress.started, len(tokens), n_ctx, "cancelled", cached=cached)
-            llm.eval(todo[i: i + llm.n_batch])
-
-        llm.set_seed(params.seed if params.seed is not None else random.randrange(2**32 - 1))
-        sampler = llm._init_sampler(top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
-                                    temp=params.temperature, repeat_penalty=params.repeat_penalty)
-        vocab = llm._model.vocab
-        text = Utf8Assembler()
-        step = Decoding(sample=lambda: sampler.sample(llm._ctx, -1),
-                        is_end=lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
-                        text=lambda token: text.feed(self._piece(token)), flush=text.flush,
-                        advance=lambda token: llm.eval([token]), context_full=lambda: llm.n_tokens + 1 >= n_ctx)
+        check_prompt_fits(len(tokens), progress.n_ctx)
+        reply = Reply(tokens, params, self._template.stop, cancel, progress, SamplerChain(params, self._n_vocab))
+        loop.submit(reply)
         try:
-            return (yield from stream_reply(step, params, self._template.stop, cancel, progress, len(tokens),
-                                            n_ctx, cached))
+            while True:
+                item = reply.out.get()
+                if isinstance(item, str):
+                    yield item
+                elif isinstance(item, GenerationStats):
+                    return item
+                else:
+                    raise item
         finally:
-            sampler.close()
+            if not reply.done:  # the consumer left: the loop ends the reply and frees its slot
+                reply.closed = True
+                loop.wake()
+
+
+class _ScoringView:
+    """The parts of llama-cpp-python's ``Llama`` that ``backends.text_scoring`` reads, over this
+    engine's own model and context."""
+
+    def __init__(self, engine: LlamaCppEngine) -> None:
+        import llama_cpp as lc
+
+        memory = lc.llama_get_memory(engine._ctx)
+        self._engine = engine
+        self._model = SimpleNamespace(vocab=engine._vocab)
+        self._ctx = SimpleNamespace(ctx=engine._ctx, kv_cache_clear=lambda: lc.llama_memory_clear(memory, True))
+        self.n_batch = engine._loop.n_batch
+        self.n_tokens = 0
+
+    def n_ctx(self) -> int:
+        return self._engine._info.n_ctx
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self._engine.tokenize(text.decode("utf-8", errors="replace"), add_bos, special)
