@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from backends.base import ModelLoadError
+from core.multi_gpu import llama_split_args
 from core.options import LoadOptions
 
 KV_GGML_TYPE = {"f16": 1, "q8_0": 8, "q4_0": 2}
@@ -32,12 +34,34 @@ def offload_kqv(opts) -> bool:
     return getattr(opts, "kv_placement", "auto") != "ram"
 
 
+def gpu_split(params, opts, keep: list) -> None:
+    """``split_mode``, ``tensor_split`` and ``main_gpu`` of a plan over several GPUs
+    (``core.multi_gpu.llama_split_args``); "auto" keeps llama.cpp's defaults (a layer split)."""
+    import ctypes
+
+    import llama_cpp
+
+    try:
+        mode, weights, main_gpu = llama_split_args(getattr(opts, "split_mode", "auto"),
+                                                   getattr(opts, "tensor_split", None), getattr(opts, "main_gpu", None),
+                                                   llama_cpp.llama_max_devices())
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    params.split_mode = mode
+    params.main_gpu = main_gpu
+    if weights is not None:
+        array = (ctypes.c_float * len(weights))(*weights)
+        keep.append(array)  # llama.cpp copies it during the load; until then it must stay alive
+        params.tensor_split = array
+
+
 def model_params(opts: LoadOptions, n_gpu_layers: int, keep: list):
     import llama_cpp
 
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers == -1 else n_gpu_layers  # INT32_MAX: every layer
     params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
+    gpu_split(params, opts, keep)
     return params
 
 

@@ -8,6 +8,7 @@ from core.hardware import Hardware
 from core.hf_model_shape import TensorInfo, dims_from_config, tensors_from_dims
 from core.hub_fit import plan_transformers, transformers_best_ctx
 from core.model_shape import ModelShape
+from core.multi_gpu_plan import split_choice
 from core.plan import Plan
 from core.planner import Calibration, Goal, evaluate_as_asked, optimise
 from core.presets import Preset, RankedPreset, check_requirements, match_local, shape_from_hint
@@ -23,9 +24,11 @@ def plan_llama_cpp(preset: Preset, shape: ModelShape, hw: Hardware, cal: Calibra
     if opts.n_gpu_layers is not None:
         ctx = opts.n_ctx or min(4096, shape.n_ctx_train or 4096)
         return evaluate_as_asked(shape, hw, opts.n_gpu_layers, ctx, opts.kv_type, opts.flash_attn, opts.n_batch, cal,
-                                 kv_placement="ram" if opts.kv_placement == "ram" else "gpu")
+                                 kv_placement="ram" if opts.kv_placement == "ram" else "gpu",
+                                 gpu_split=split_choice(opts))
     return optimise(shape, hw, goal=goal, n_ctx=opts.n_ctx, flash_attn=opts.flash_attn, n_ubatch=opts.n_batch,
-                    cal=cal, kv_types=(opts.kv_type,) if fixed_kv else None, kv_placements=opts.kv_placements)
+                    cal=cal, kv_types=(opts.kv_type,) if fixed_kv else None, kv_placements=opts.kv_placements,
+                    gpu_split=split_choice(opts))
 
 
 def plan_transformers_preset(preset: Preset, shape: ModelShape, hw: Hardware, cal: Calibration = Calibration(),

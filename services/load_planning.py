@@ -14,6 +14,7 @@ from backends.base import LoadSpec, ModelInfo, ModelLoadError
 from core.gguf_header import GGUFError
 from core.hardware import Hardware
 from core.hub_fit import plan_transformers
+from core.multi_gpu_plan import split_choice, split_updates
 from core.options import TransformersLoadOptions
 from core.plan import Plan, cpu_fallback_warning
 from core.planner import default_context, evaluate_as_asked, optimise
@@ -59,19 +60,23 @@ class LoadPlanner:
         hw = self._probe()
         cal = load_calibration(self._data_dir, hw.gpus[0].name if hw.gpus else None)
         opts = spec.options
-        if opts.n_gpu_layers is None:
-            plan = optimise(shape, hw, n_ctx=opts.n_ctx, flash_attn=opts.flash_attn, n_ubatch=opts.n_batch,
-                            cal=cal, kv_types=(opts.kv_type,), kv_placements=opts.kv_placements)
-        else:
-            plan = evaluate_as_asked(shape, hw, opts.n_gpu_layers, default_context(shape, opts.n_ctx), opts.kv_type,
-                                     opts.flash_attn, opts.n_batch, cal,
-                                     kv_placement="ram" if opts.kv_placement == "ram" else "gpu")
+        try:
+            if opts.n_gpu_layers is None:
+                plan = optimise(shape, hw, n_ctx=opts.n_ctx, flash_attn=opts.flash_attn, n_ubatch=opts.n_batch,
+                                cal=cal, kv_types=(opts.kv_type,), kv_placements=opts.kv_placements,
+                                gpu_split=split_choice(opts))
+            else:
+                plan = evaluate_as_asked(shape, hw, opts.n_gpu_layers, default_context(shape, opts.n_ctx), opts.kv_type,
+                                         opts.flash_attn, opts.n_batch, cal, gpu_split=split_choice(opts),
+                                         kv_placement="ram" if opts.kv_placement == "ram" else "gpu")
+        except ValueError as exc:  # a split that does not match this machine's GPUs
+            raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
         if plan.fit == "no_fit":
             raise ModelLoadError(f"{Path(spec.model_path).name} will not fit on this machine as asked: "
                                  + "; ".join(plan.reasons) + ". Try a smaller context, a q8_0/q4_0 KV cache, "
                                  "fewer GPU layers, or a smaller quantisation.")
         options = opts.model_copy(update={"n_gpu_layers": plan.n_gpu_layers, "n_ctx": plan.n_ctx,
-                                          "kv_placement": plan.kv_placement})
+                                          "kv_placement": plan.kv_placement, **split_updates(plan)})
         if opts.n_gpu_layers is None:  # 0 layers asked for is a choice, not something to warn about
             plan = replace(plan, warning=cpu_fallback_warning(plan, hw))
         return replace(spec, options=options, hide_gpus=bool(plan.extra.get("hide_gpus"))), plan

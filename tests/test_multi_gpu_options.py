@@ -112,3 +112,40 @@ def test_transformers_prediction_spreads_over_gpus():
     assert sum(d.n_blocks for d in plan.devices) == 40 and any("over 2 GPUs" in r for r in plan.reasons)
     one = plan_transformers(dims, tensors_from_dims(dims), machine(("GPU A", 8, 8, 400)), "nf4")
     assert one.fit == "partial" and not one.devices
+
+
+def test_load_planner_applies_the_plan_and_refuses_a_split_for_gpus_that_are_not_there(tmp_path, shape_8b):
+    from backends.base import LoadSpec, ModelLoadError
+    from services.load_planning import LoadPlanner
+
+    path = write(tmp_path / "8b.gguf", "llama31-8b", "Q4_K_M", None, sparse=True)
+    planner = LoadPlanner(tmp_path, lambda: EQUAL_2)
+    spec, plan = planner.prepare(LoadSpec(str(path), LoadOptions(n_ctx=4096)))
+    assert spec.options.split_mode == "layer" and spec.options.tensor_split == plan.tensor_split == (17.0, 16.0)
+    spec, plan = planner.prepare(LoadSpec(str(path), LoadOptions(n_ctx=4096, split_mode="none", main_gpu=1)))
+    assert (spec.options.split_mode, spec.options.main_gpu, spec.options.tensor_split) == ("none", 1, None)
+    with pytest.raises(ModelLoadError, match="3 entries but this machine has 2 GPUs"):
+        planner.prepare(LoadSpec(str(path), LoadOptions(tensor_split=(1, 1, 1))))
+
+
+def test_the_engine_loads_the_embedded_model_with_split_options():
+    """On this CPU-only build the split options reach llama.cpp (one device: nothing to split) and
+    the real model still loads and answers."""
+    from backends.base import LoadSpec
+    from backends.llama_cpp_engine import LlamaCppEngine
+    from backends.llama_params import model_params
+    from services.paths import embedded_model_path
+
+    opts = LoadOptions(n_ctx=512, split_mode="row", tensor_split=(3, 1), main_gpu=1)
+    keep: list = []
+    params = model_params(opts, -1, keep)
+    assert (params.split_mode, params.main_gpu) == (2, 1)
+    assert [params.tensor_split[i] for i in range(3)] == [3.0, 1.0, 0.0] and keep
+    assert not model_params(LoadOptions(), -1, []).tensor_split  # auto: llama.cpp's own split
+    opts = LoadOptions(n_ctx=512, split_mode="layer", tensor_split=(1,), main_gpu=0)
+    engine = LlamaCppEngine()
+    try:
+        info = engine.load(LoadSpec(str(embedded_model_path()), opts))
+        assert info.n_ctx == 512
+    finally:
+        engine.unload()

@@ -12,6 +12,7 @@ import gradio as gr
 from backends.base import BackendError, LoadSpec
 from core.hub_files import format_bytes
 from core.model_catalog import ModelEntry, UnknownModelError
+from core.multi_gpu_plan import split_updates
 from core.options import LoadOptions, TransformersLoadOptions
 from services.calibration import load_calibration
 from services.library import DeleteError, delete_model, library_items, plan_local, read_usage, record_use
@@ -63,7 +64,7 @@ def load(ctx: AppContext, name: Any) -> str:
         options = TransformersLoadOptions(quantization=plan.quantization, n_ctx=plan.n_ctx)
     else:
         options = LoadOptions(n_ctx=plan.n_ctx, n_gpu_layers=plan.n_gpu_layers, kv_type=plan.kv_type,
-                              flash_attn=plan.flash_attn)
+                              flash_attn=plan.flash_attn, **split_updates(plan))
     try:
         ctx.manager.load(LoadSpec(entry.path, options, backend=entry.backend, display_name=entry.name))
         record_use(ctx.settings.data_dir, entry.path)
