@@ -204,21 +204,6 @@ class LlamaCppEngine:
 
     # -- quality check (backends.text_scoring) --------------------------------------------------
     def score_text(self, text: str, opts, cancel: threading.Event, ref=None, keep_top: bool = False):
-        """The quality check's windows on the loaded model (``backends.text_scoring.score_text``)."""
-        from backends.text_scoring import llama_tokenize, llama_window_logits, score_text
-
-        if self._llm is None:
-            raise NotLoadedError("No model is loaded.")
-        llm = self._llm
-        if opts.window > llm.n_ctx():
-            raise BackendError(f"The quality window ({opts.window} tokens) is longer than the loaded context "
-                               f"({llm.n_ctx()}); load the model with a longer context or use a smaller window.")
-        return score_text(text, opts, lambda t: llama_tokenize(llm, t),
-                          lambda chunk, first: llama_window_logits(llm, chunk, first, opts.batch, cancel),
-                          cancel, ref, self._info.name, keep_top)
-
-    # -- quality check (backends.text_scoring) --------------------------------------------------
-    def score_text(self, text: str, opts, cancel: threading.Event, ref=None):
         """The quality check's windows on the loaded model (``backends.text_scoring.score_text``), run
         while no reply is decoding; every slot's prefix cache is gone afterwards."""
         from backends.text_scoring import llama_tokenize, llama_window_logits, score_text
@@ -231,7 +216,7 @@ class LlamaCppEngine:
                                f"({llm.n_ctx()}); load the model with a longer context or use a smaller window.")
         events = score_text(text, opts, lambda t: llama_tokenize(llm, t),
                             lambda chunk, first: llama_window_logits(llm, chunk, first, opts.batch, cancel),
-                            cancel, ref, self._info.name)
+                            cancel, ref, self._info.name, keep_top)
         return self._loop.exclusive(events)
 
     # -- generation ------------------------------------------------------------------------
