@@ -25,9 +25,10 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 class ApiSettings:
-    def __init__(self, keys: tuple[str, ...], beyond_loopback: bool) -> None:
+    def __init__(self, keys: tuple[str, ...], beyond_loopback: bool, throttle=None) -> None:
         self.keys = keys
         self.beyond_loopback = beyond_loopback
+        self.throttle = throttle  # cli.login_guard.SharedThrottle: wrong keys are slowed per address
 
     def authorised(self, header: Optional[str]) -> bool:
         if not self.keys:
@@ -94,10 +95,20 @@ def install(app: FastAPI, manager, settings: ApiSettings) -> None:
         return state.info.name if state.info else ""
 
     def guard(request: Request) -> Optional[JSONResponse]:
+        throttle = settings.throttle if settings.keys else None
+        address = request.client.host if request.client else "unknown"
+        if throttle is not None and (wait := throttle.wait_s(address, "")) > 0:
+            seconds = max(1, int(wait + 0.999))
+            return _error(429, f"too many wrong API keys from this address: try again in {seconds} s",
+                          "rate_limit_error", headers={"Retry-After": str(seconds)})
         if not settings.authorised(request.headers.get("authorization")):
+            if throttle is not None and request.headers.get("authorization"):  # a key was tried
+                throttle.failed(address, "", "API key check")
             message = ("a valid API key is required (Authorization: Bearer KEY)" if settings.keys else
                        "the API needs a key when the app serves beyond this machine: start with --api-key")
             return _error(401, message, "authentication_error")
+        if throttle is not None:
+            throttle.succeeded(address, "")
         return None
 
     @app.get("/v1/models")

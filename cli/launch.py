@@ -56,6 +56,7 @@ def launch(settings: AppSettings, started: float) -> int:
     from starlette.middleware import Middleware
 
     from api import openai_routes
+    from cli.login_guard import LoginGuard, SharedThrottle
     from cli.origin_guard import OriginGuard
     from cli.serve import _print_urls
     from ui import CSS, build_app
@@ -78,15 +79,18 @@ def launch(settings: AppSettings, started: float) -> int:
     # Outermost check of every request (the /v1 routes too): cross-site requests and, bound to
     # loopback, foreign Host names (DNS rebinding) are refused before Gradio sees them.
     guard = Middleware(OriginGuard, loopback_only=not settings.listens_beyond_loopback)
+    # Password and API-key guessing is slowed per address and user name (issue 13).
+    throttle = SharedThrottle()
+    middleware = [guard] + ([Middleware(LoginGuard, throttle=throttle)] if auth else [])
     _, local_url, share_url = app.launch(
         server_name=settings.host, server_port=settings.port, auth=auth,
         auth_message="FitChat: log in" if auth else None, prevent_thread_lock=True,
         show_error=True, quiet=True, footer_links=[], allowed_paths=[], share=settings.share,
         blocked_paths=[str(settings.data_dir), str(Path.home() / ".cache" / "huggingface")], css=CSS, theme="default",
-        app_kwargs={"middleware": [guard]},
+        app_kwargs={"middleware": middleware},
     )
-    openai_routes.install(app.app, ctx.manager, openai_routes.ApiSettings(settings.api_keys,
-                                                                          settings.listens_beyond_loopback))
+    openai_routes.install(app.app, ctx.manager, openai_routes.ApiSettings(
+        settings.api_keys, settings.listens_beyond_loopback, throttle=throttle))
     if share_url:
         print(f"FitChat public link (login required): {share_url}", flush=True)
     if spec is not None:
