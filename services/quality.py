@@ -206,3 +206,50 @@ def _ensure_loaded(manager, spec: LoadSpec, progress: Optional[Progress], phase:
     if progress:
         progress(phase, 0, 0)
     manager.load(spec, busy_timeout_s=600)
+
+
+class QualityJob:
+    """A quality run in its own thread (the UI polls it): the latest progress, a Stop switch, and the
+    outcome or the error message when it ends."""
+
+    def __init__(self, manager, spec: LoadSpec, store: QualityStore, opts: QualityOptions,
+                 ref_spec: Optional[LoadSpec] = None) -> None:
+        self.cancel = threading.Event()
+        self.progress: tuple[str, int, int] = ("starting", 0, 0)
+        self.outcome: Optional[QualityRun] = None
+        self.error = ""
+        self.done = threading.Event()
+        self._args = (manager, spec, store, opts, self.cancel, ref_spec, self._on_progress)
+        self._thread = threading.Thread(target=self._run, name="quality-check", daemon=True)
+
+    def start(self) -> "QualityJob":
+        self._thread.start()
+        return self
+
+    def _on_progress(self, phase: str, done: int, total: int) -> None:
+        self.progress = (phase, done, total)
+
+    def _run(self) -> None:
+        from backends.base import BackendError
+
+        try:
+            self.outcome = run_quality(*self._args)
+        except BackendError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # a bug must not leave the UI waiting forever
+            self.error = f"The quality check stopped unexpectedly: {type(exc).__name__}: {exc}"
+        finally:
+            self.done.set()
+
+
+def quality_labels(store: QualityStore, paths: list[str]) -> dict[str, str]:
+    """``short_summary`` of the latest result on the shipped text for each model path that has one."""
+    from core.quality import short_summary
+
+    sha = read_quality_text()[1]
+    out = {}
+    for path in paths:
+        result = store.latest(path, sha)
+        if result is not None:
+            out[path] = short_summary(result)
+    return out

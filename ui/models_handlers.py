@@ -81,10 +81,10 @@ def _summary(view: RepoView, notes: list[str]) -> str:
     return "\n\n".join(lines)
 
 
-def _outputs(view: RepoView, notes: list[str], pending: int = 0):
+def _outputs(view: RepoView, notes: list[str], pending: int = 0, quality: Optional[dict] = None):
     choices = [(f"{r.label} ({format_bytes(r.size)})", r.key) for r in view.rows if r.key in view.files]
     value = view.best if view.best in view.files else (choices[0][1] if choices else None)
-    return (fit_table(view.rows, view.best, pending), gr.Dropdown(choices=choices, value=value),
+    return (fit_table(view.rows, view.best, pending, quality), gr.Dropdown(choices=choices, value=value),
             _summary(view, notes), view)
 
 
@@ -95,31 +95,34 @@ def open_repo(ctx: AppContext, svc: ModelsServices, repo_text: Any) -> Iterator[
     except (HubNameError, HubError) as exc:
         raise gr.Error(str(exc)) from None
     hw, cal = machine(ctx)
+    from ui.quality_handlers import labels_by_file_name
+
+    quality = labels_by_file_name(ctx)  # files of this repo already on disk and measured
     if listing.kind == "gguf":
-        yield from _open_gguf(svc, listing, hw, cal)
+        yield from _open_gguf(svc, listing, hw, cal, quality)
     elif listing.kind == "transformers":
-        yield _open_transformers(svc, listing, hw, cal)
+        yield _open_transformers(svc, listing, hw, cal, quality)
     else:
         raise gr.Error(f"{listing.repo} has no GGUF or safetensors model files.")
 
 
-def _open_gguf(svc: ModelsServices, listing: RepoListing, hw, cal) -> Iterator[tuple]:
+def _open_gguf(svc: ModelsServices, listing: RepoListing, hw, cal, quality: Optional[dict] = None) -> Iterator[tuple]:
     models, notes = group_gguf(listing.files)
     if not models:
         raise gr.Error(f"{listing.repo} has no usable GGUF model files. " + " ".join(notes[:3]))
     view = RepoView(listing, "gguf", files={m.key: m.files for m in models})
-    yield _outputs(view, notes, pending=len(models))
+    yield _outputs(view, notes, pending=len(models), quality=quality)
     rows: dict[str, FitRow] = {}
     for row in gguf_rows(svc.hub, listing, models, hw, cal):
         rows[row.key] = row
         view = replace(view, rows=tuple(rows[m.key] for m in models if m.key in rows))
         if len(rows) < len(models):
-            yield _outputs(view, notes, pending=len(models) - len(rows))
+            yield _outputs(view, notes, pending=len(models) - len(rows), quality=quality)
     best = best_row(view.rows)
-    yield _outputs(replace(view, best=best), notes)
+    yield _outputs(replace(view, best=best), notes, quality=quality)
 
 
-def _open_transformers(svc: ModelsServices, listing: RepoListing, hw, cal) -> tuple:
+def _open_transformers(svc: ModelsServices, listing: RepoListing, hw, cal, quality: Optional[dict] = None) -> tuple:
     if hw is None:
         raise gr.Error("Hardware probing is not available: cannot plan.")
     try:
@@ -131,7 +134,7 @@ def _open_transformers(svc: ModelsServices, listing: RepoListing, hw, cal) -> tu
     notes = [f"{len(selection.weights)} safetensors file(s) plus config and tokenizer; nothing else is fetched",
              "checkpoint: " + ("GPTQ" if repo.quant_method == "gptq" else repo.quant_method or "unquantised "
                                "(loads as NF4, 8-bit or bf16)")]
-    return _outputs(RepoView(listing, "transformers", tuple(rows), files, best), notes)
+    return _outputs(RepoView(listing, "transformers", tuple(rows), files, best), notes, quality=quality)
 
 
 def download(ctx: AppContext, svc: ModelsServices, view: Any, choice: Any, job: Any) -> Iterator[tuple]:

@@ -10,7 +10,7 @@ import gradio as gr
 from services.download_job import stop_job
 from ui import library_handlers as lib
 from ui import models_handlers as h
-from ui import remote_panel
+from ui import quality_panel, remote_panel
 from ui.access import require_admin
 from ui.context import AppContext
 
@@ -113,10 +113,12 @@ def build(ctx: AppContext, services: Optional[h.ModelsServices] = None) -> Calla
     keep_btn.click(lambda: lib.keep(ctx), None, [lib_status, pending_delete, confirm_row], api_visibility="private",
                    queue=False)
     wire_remote = remote_panel.build(ctx)
+    wire_quality = quality_panel.build(ctx)
 
     def wire(app, tabs):
         tabs[TAB_ID].select(on_refresh, None, [library, lib_choice], api_visibility="private",
                             concurrency_limit=2, concurrency_id="library")
         wire_remote(app, tabs)
+        wire_quality(app, tabs)
 
     return wire

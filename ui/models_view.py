@@ -3,7 +3,7 @@ the library. Every value from the Hub or the disk is escaped."""
 from __future__ import annotations
 
 import html
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from core.hub_files import format_bytes
 from core.hub_fit import FitRow
@@ -60,17 +60,26 @@ def search_table(results: Sequence[RepoSummary]) -> str:
     return _table(("Repository", "Downloads", "Likes", "Access", "Updated"), rows)
 
 
-def fit_table(rows: Sequence[FitRow], best: Optional[str], pending: int = 0) -> str:
+def _quality(label: Optional[str]) -> str:
+    return html.escape(label) if label else "–"
+
+
+def fit_table(rows: Sequence[FitRow], best: Optional[str], pending: int = 0,
+              quality: Optional[Mapping[str, str]] = None) -> str:
+    """``quality``: file name -> the latest quality result of that file on disk."""
     out = []
+    quality = quality or {}
     for r in rows:
         star = ' <span title="pre-selected: fits best">★</span>' if r.key == best else ""
         files = f"{r.n_files} files" if r.n_files > 1 else "1 file"
+        measured = quality.get(r.label) or quality.get(r.key.rsplit("/", 1)[-1])
         out.append(_row([f"<b>{html.escape(r.label)}</b>{star}<br><small>{html.escape(r.quant or '?')} · "
-                         f"{files}</small>", format_bytes(r.size), *_plan_cells(r.plan, r.problem, r.best_ctx)],
+                         f"{files}</small>", format_bytes(r.size), *_plan_cells(r.plan, r.problem, r.best_ctx)[:-1],
+                         _quality(measured), _plan_cells(r.plan, r.problem, r.best_ctx)[-1]],
                         f' data-key="{html.escape(r.key)}"'))
     note = f"<p><i>Reading headers… {pending} left.</i></p>" if pending else ""
     head = ("Model / quantisation", "Download", "Fit on this machine", "Best context", "VRAM", "RAM", "tokens/s",
-            "Why")
+            "Quality", "Why")
     return note + _table(head, out)
 
 
@@ -87,18 +96,22 @@ def progress_html(p: Optional[TransferProgress], message: str = "") -> str:
     return bar + text + extra
 
 
-def library_table(items: Sequence[LibraryItem]) -> str:
+def library_table(items: Sequence[LibraryItem], quality: Optional[Mapping[str, str]] = None) -> str:
+    """``quality``: model path -> its latest quality result (``app.py quality`` or the Quality check)."""
     if not items:
         return "<p>No models on disk yet.</p>"
     rows = []
+    quality = quality or {}
     for item in items:
         e = item.entry
         kind = "safetensors" if e.backend == "transformers" else "GGUF"
         origin = html.escape(item.repo) if item.repo else html.escape(e.source)
+        cells = _plan_cells(item.plan, item.problem, item.best_ctx)
         rows.append(_row([f"<b>{html.escape(e.name)}</b><br><small>{origin}</small>", kind,
                           html.escape(item.quant or "?"), format_bytes(e.size_bytes),
-                          html.escape(item.last_used or "never"),
-                          *_plan_cells(item.plan, item.problem, item.best_ctx)],
+                          html.escape(item.last_used or "never"), *cells[:-1], _quality(quality.get(e.path)),
+                          cells[-1]],
                          f' data-model="{html.escape(e.name)}"'))
-    head = ("Model", "Format", "Quant", "Size", "Last used", "Fit", "Best context", "VRAM", "RAM", "tokens/s", "Why")
+    head = ("Model", "Format", "Quant", "Size", "Last used", "Fit", "Best context", "VRAM", "RAM", "tokens/s",
+            "Quality", "Why")
     return _table(head, rows)

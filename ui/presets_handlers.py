@@ -96,8 +96,10 @@ def _badge(plan: Optional[Plan], problem: str) -> str:
     return f'<span class="fc-badge" style="background:{colour}">{html.escape(plan.fit_label)}</span>'
 
 
-def render_table(entries: list[RankedPreset]) -> str:
+def render_table(entries: list[RankedPreset], quality: Optional[dict[str, str]] = None) -> str:
+    """``quality``: model path -> its latest quality result, for presets whose file is on disk."""
     rows = []
+    quality = quality or {}
     for e in entries:
         p = e.plan
         why = "; ".join(p.reasons) if p else e.problem
@@ -107,15 +109,16 @@ def render_table(entries: list[RankedPreset]) -> str:
             f"{html.escape(e.preset.quantization)} · {disk}</small>",
             _badge(p, e.problem),
             f"{p.n_gpu_layers}/{p.n_layer + 1}" if p else "–",
-            f"{p.n_ctx:,} · {html.escape(p.kv_type)}" if p else "–",
+            f"{p.n_ctx:,} · {html.escape(p.kv_type)}" + (" · KV in RAM" if p.kv_placement == "ram" else "") if p else "–",
             _gib(p.vram_bytes) if p else "–",
             _gib(p.ram_bytes) if p else "–",
             f"{p.tokens_per_s:.1f}" if p else "–",
+            html.escape(quality.get(e.local_path or "", "–")),
             f"<small>{html.escape(why)}</small>",
         ]
         rows.append("<tr data-preset=\"" + html.escape(e.key) + "\">" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("Preset", "Fit", "GPU layers", "Context · KV", "VRAM", "RAM",
-                                             "tokens/s", "Why"))
+                                             "tokens/s", "Quality", "Why"))
     return f'<table class="fc-presets"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
@@ -139,7 +142,9 @@ def refresh(ctx: AppContext, machine_label: Any, goal_label: Any) -> tuple[str, 
     if errors:
         problems = "**Some files were skipped:**\n" + "\n".join(f"- {html.escape(e)}" for e in errors)
     choices = [(e.preset.name, e.key) for e in entries]
-    return hardware_summary(hw), render_table(entries), problems, gr.Dropdown(choices=choices,
+    from ui.quality_handlers import labels_by_path
+
+    return hardware_summary(hw), render_table(entries, labels_by_path(ctx)), problems, gr.Dropdown(choices=choices,
                                                                               value=choices[0][1] if choices else None)
 
 
