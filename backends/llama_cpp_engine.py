@@ -165,7 +165,7 @@ class LlamaCppEngine:
             name=spec.display_name or name,
             path=spec.model_path, backend=self.name, n_ctx=n_ctx_seq, n_ctx_train=n_ctx_train,
             n_layer=n_layer, n_gpu_layers=n_gpu_layers, gpu_offload_supported=offload,
-            n_threads=params.n_threads, kv_type=opts.kv_type, flash_attn=opts.flash_attn,
+            n_threads=params.n_threads, kv_type=opts.kv_cache_type, flash_attn=opts.flash_attn,
             template_origin=template.origin, load_seconds=round(load_seconds, 3),
             file_bytes=header.file_size or 0, buffers=tuple(self._log.buffers), n_parallel=params.n_parallel,
         )

@@ -80,7 +80,7 @@ def context_params(opts: LoadOptions, n_ctx_seq: int, n_parallel: int, n_threads
     params.n_threads_batch = n_threads
     params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn
                               else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-    params.type_k = params.type_v = KV_GGML_TYPE[opts.kv_type]
+    params.type_k = params.type_v = KV_GGML_TYPE[opts.kv_cache_type]
     params.offload_kqv = offload_kqv(opts)
     params.no_perf = True
     return params

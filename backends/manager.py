@@ -40,7 +40,11 @@ class ManagerState:
 
 
 class LoadPlannerHook(Protocol):
-    def prepare(self, spec: LoadSpec) -> tuple[LoadSpec, Optional[Plan]]: ...
+    def prepare(self, spec: LoadSpec) -> tuple[LoadSpec, Optional[Plan]]:
+        """The spec to execute and its plan; ModelLoadError for unreadable files or loads that cannot fit."""
+
+    def chat_template(self, spec: LoadSpec) -> object:
+        """The model's raw chat template (None: none), from what ``prepare`` read."""
 
     def learn(self, info: ModelInfo) -> object: ...
 
@@ -100,7 +104,12 @@ class ModelManager:
     def load(self, spec: LoadSpec, busy_timeout_s: float = 1.0) -> ModelInfo:
         plan = None
         try:
-            if spec.backend == "llama_cpp":
+            if self._planner is not None:
+                # The planner checks the file(s) too, from the facts the screens already read (one
+                # header parse per action); then the template, still before anything is unloaded.
+                spec, plan = self._planner.prepare(spec)
+                _check_template_first(spec, self._planner.chat_template(spec))
+            elif spec.backend == "llama_cpp":
                 try:
                     header = read_header(spec.model_path)
                 except GGUFError as exc:
@@ -115,8 +124,6 @@ class ModelManager:
                 except RepoError as exc:
                     raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
                 _check_template_first(spec, transformers_template_text(spec.model_path))
-            if self._planner is not None:
-                spec, plan = self._planner.prepare(spec)
         except (ModelLoadError, TemplateError) as exc:
             if self.state().status != "ready":  # a loaded model stays loaded
                 self._set(status="failed", error=str(exc))

@@ -40,7 +40,7 @@ from bench.gpu_transformers import process_vram_mib, vram_used_mib  # noqa: E402
 from bench.synthetic_hf_model import prompt_words  # noqa: E402
 from core.options import LoadOptions, SamplingOptions, TransformersLoadOptions  # noqa: E402
 from services.hardware import probe  # noqa: E402
-from services.load_planning import LoadPlanner  # noqa: E402
+from backends.load_planning import LoadPlanner  # noqa: E402
 
 TOLERANCE_MIB = 64
 HOG = """

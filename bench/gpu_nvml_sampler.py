@@ -28,7 +28,7 @@ from backends.manager import ModelManager  # noqa: E402
 from core.options import LoadOptions, SamplingOptions  # noqa: E402
 from core.placement import LoadedModel, placement_card, vram_warnings  # noqa: E402
 from services.hardware import probe  # noqa: E402
-from services.load_planning import LoadPlanner, cached_probe  # noqa: E402
+from backends.load_planning import LoadPlanner, cached_probe  # noqa: E402
 from services.sampler import for_manager  # noqa: E402
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from backends.base import LoadSpec
 from backends.manager import ModelManager
-from core.settings import AppSettings, check_credentials
+from core.settings import LOOPBACK, AppSettings, check_credentials
 from services.local_models import build_catalog
 from services.paths import EMBEDDED_NAME, embedded_model_path
 
@@ -31,25 +31,41 @@ def default_spec(settings: AppSettings) -> LoadSpec | None:
 def make_context(settings: AppSettings):
     from ui.context import AppContext
 
+    from backends.load_planning import LoadPlanner
     from services.hardware import probe
-    from services.load_planning import LoadPlanner, cached_probe
+    from services.planning import Planning
 
     from backends.remote_engine import backend_factory
     from services.remote_endpoints import RemoteEndpointStore
 
-    hardware = cached_probe(functools.partial(probe, settings.models_dir))
+    # One planning object for the manager and every screen: the same machine reading, calibration
+    # and model facts wherever a plan is made.
+    planning = Planning(settings.data_dir, functools.partial(probe, settings.models_dir))
+    hardware = planning.machine
     remotes = RemoteEndpointStore(settings.data_dir)
     if settings.remote is not None:
         endpoint = settings.remote[0]
         remotes.add(endpoint.name, endpoint.base_url, endpoint.api_key, replace=True)
-    manager = ModelManager(backend_factory=backend_factory(remotes.get),
-                           planner=LoadPlanner(settings.data_dir, hardware))
+    manager = ModelManager(backend_factory=backend_factory(remotes.get), planner=LoadPlanner(planning))
     catalog = functools.partial(build_catalog, settings.cli_model, settings.models_dir)
     from services.conversation_store import FILE_NAME, ConversationStore
 
     return AppContext(settings=settings, manager=manager, catalog=catalog, hardware=hardware,
-                      loaded_plan=lambda: manager.state().plan,
+                      loaded_plan=lambda: manager.state().plan, planning=planning,
                       conversations=ConversationStore(settings.data_dir / FILE_NAME), remotes=remotes)
+
+
+def _print_urls(settings: AppSettings) -> None:
+    from services.network import lan_addresses
+
+    if settings.listens_beyond_loopback:
+        urls = [f"http://{ip}:{settings.port}" for ip in lan_addresses()] or [f"http://<this machine>:{settings.port}"]
+        login = "login required" if settings.auth else "NO LOGIN: anyone on the network can use it"
+        print(f"FitChat is on your network ({login}):", *urls, sep="\n  ", flush=True)
+        api = "API key required" if settings.api_keys else "API disabled until you pass --api-key"
+        print(f"OpenAI-compatible API at /v1 ({api})", flush=True)
+    print(f"FitChat: http://{LOOPBACK if settings.host in ('0.0.0.0', LOOPBACK) else settings.host}:{settings.port}",
+          flush=True)
 
 
 def launch(settings: AppSettings, started: float) -> int:
@@ -58,7 +74,6 @@ def launch(settings: AppSettings, started: float) -> int:
     from api import openai_routes
     from cli.login_guard import LoginGuard, SharedThrottle
     from cli.origin_guard import OriginGuard
-    from cli.serve import _print_urls
     from ui import CSS, build_app
 
     ctx = make_context(settings)

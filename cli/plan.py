@@ -15,15 +15,18 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from cli.args import OneLineParser, UsageError
 from core.gguf_header import GGUFError
 from core.hardware import GIB, GpuInfo, Hardware
 from core.model_shape import ModelShape
 from core.multi_gpu import device_rows
 from core.plan import Plan
-from core.planner import Calibration, evaluate, evaluate_as_asked, optimise
+from core.load_plan import ModelFacts, plan_load
+from core.options import KV_TYPES, LoadOptions, describe_validation_error
+from core.planner import Calibration, evaluate
 from core.presets import PresetError
-from core.options import KV_TYPES
 from services.model_files import gguf_shape
 from services.paths import project_root
 
@@ -81,15 +84,20 @@ def machine(args: argparse.Namespace) -> Hardware:
     return hw
 
 
+def options_from_args(args: argparse.Namespace) -> LoadOptions:
+    """The load options the flags give; what is not given stays automatic (the same rules as a Load)."""
+    try:
+        return LoadOptions(n_gpu_layers=args.n_gpu_layers, n_ctx=args.ctx, kv_type=args.kv or "auto",
+                           flash_attn=not args.no_flash_attn)
+    except ValidationError as exc:
+        raise UsageError(describe_validation_error(exc)) from None
+
+
 def make_plan(args: argparse.Namespace, shape: ModelShape, hw: Hardware, cal: Calibration,
               model_path: Path | None) -> Plan:
     flash = not args.no_flash_attn
-    if args.n_gpu_layers is not None or args.kv is not None:
-        ngl = args.n_gpu_layers if args.n_gpu_layers is not None else -1
-        plan = evaluate_as_asked(shape, hw, ngl, args.ctx or min(4096, shape.n_ctx_train or 4096), args.kv or "f16",
-                                 flash, cal=cal)
-    else:
-        plan = optimise(shape, hw, goal=args.goal, n_ctx=args.ctx, flash_attn=flash, cal=cal)
+    plan = plan_load(ModelFacts("llama_cpp", shape.name, shape, exact=model_path is not None), hw, cal,
+                     options_from_args(args), args.goal)
     # llama.cpp can only dry-run for the machine it runs on, with the GPUs its build can use.
     same_machine = hw.source == "probe" and (hw.can_offload or plan.n_gpu_layers == 0)
     hidden = plan.extra.get("hide_gpus", False)  # a dry run here would see the GPU the worker will not

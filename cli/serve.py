@@ -138,19 +138,6 @@ def parse_file(path: Path, flag: str, parse):
         raise UsageError(f"{flag} {path}: {exc}") from None
 
 
-def _print_urls(settings: AppSettings) -> None:
-    from services.network import lan_addresses
-
-    if settings.listens_beyond_loopback:
-        urls = [f"http://{ip}:{settings.port}" for ip in lan_addresses()] or [f"http://<this machine>:{settings.port}"]
-        login = "login required" if settings.auth else "NO LOGIN: anyone on the network can use it"
-        print(f"FitChat is on your network ({login}):", *urls, sep="\n  ", flush=True)
-        api = "API key required" if settings.api_keys else "API disabled until you pass --api-key"
-        print(f"OpenAI-compatible API at /v1 ({api})", flush=True)
-    print(f"FitChat: http://{LOOPBACK if settings.host in ('0.0.0.0', LOOPBACK) else settings.host}:{settings.port}",
-          flush=True)
-
-
 def run(argv: list[str]) -> int:
     started = time.monotonic()
     settings = settings_from_args(argv)

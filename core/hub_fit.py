@@ -13,9 +13,8 @@ from core.hf_multi_gpu import device_plans, over_several_gpus
 from core.hf_model_shape import ModelDims, TensorInfo
 from core.hf_support import HfSupport, quantization_problem, resolve_compute_dtype
 from core.hub_files import choose_best
-from core.model_shape import ModelShape
 from core.plan import MemoryBreakdown, Plan
-from core.planner import Calibration, optimise
+from core.planner import Calibration
 
 MIB = 1 << 20
 GPU_MARGIN_BYTES = 512 * MIB     # as the transformers loader keeps free (backends/hf_loading.py)
@@ -37,14 +36,6 @@ class FitRow:
     best_ctx: int = 0           # the longest context that keeps the fit (0 when nothing fits)
     problem: str = ""           # why there is no plan
     header_bytes: int = 0       # bytes read from the Hub to plan it
-
-
-def plan_gguf(shape: ModelShape, hw: Hardware, cal: Calibration = Calibration()) -> tuple[Plan, int]:
-    """The fastest plan at the default context, and the longest context that keeps its speed."""
-    fastest = optimise(shape, hw, "fastest", cal=cal)
-    if fastest.fit == "no_fit":
-        return fastest, 0
-    return fastest, optimise(shape, hw, "context", cal=cal).n_ctx
 
 
 def hf_quantizations(quant_method: str) -> tuple[tuple[str, ...], str]:

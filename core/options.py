@@ -10,8 +10,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-KVType = Literal["f16", "q8_0", "q4_0"]
-KV_TYPES: tuple[str, ...] = ("f16", "q8_0", "q4_0")
+KVType = Literal["auto", "f16", "q8_0", "q4_0"]
+KV_TYPES: tuple[str, ...] = ("f16", "q8_0", "q4_0")  # what a KV cache is; "auto" lets the planner choose
 SplitModeOption = Literal["auto", "layer", "row", "none"]
 MAX_GPUS = 16  # llama.cpp's LLAMA_MAX_DEVICES
 
@@ -65,8 +65,9 @@ class LoadOptions(_Options):
         json_schema_extra={"cli": "--flash-attn"},
     )
     kv_type: KVType = Field(
-        "f16", title="KV cache type",
-        description="Element type of the KV cache: f16, q8_0 (half the memory) or q4_0 (a quarter).",
+        "auto", title="KV cache type",
+        description="Element type of the KV cache: f16, q8_0 (half the memory) or q4_0 (a quarter). "
+                    "auto = f16 unless a smaller type puts more of the model on the GPU.",
         json_schema_extra={"cli": "--kv"},
     )
     split_mode: SplitModeOption = Field(
@@ -117,9 +118,14 @@ class LoadOptions(_Options):
         """The placements the planner may choose from."""
         return ("gpu", "ram") if self.kv_placement == "auto" else (self.kv_placement,)
 
+    @property
+    def kv_cache_type(self) -> str:
+        """The KV type a load without a plan uses: "auto" is the exact f16."""
+        return "f16" if self.kv_type == "auto" else self.kv_type
+
     @model_validator(mode="after")
     def _quantized_kv_needs_flash_attention(self) -> "LoadOptions":
-        if self.kv_type != "f16" and not self.flash_attn:
+        if self.kv_type not in ("f16", "auto") and not self.flash_attn:
             raise ValueError(f"KV cache type {self.kv_type} needs flash attention on")
         return self
 

@@ -21,7 +21,8 @@ from core.plan import Plan
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 LOAD_OPTION_MODELS: dict[str, type[BaseModel]] = dict(LOAD_OPTIONS_BY_BACKEND)
-EMBEDDED_KEY = ":embedded:"  # how the library lists the embedded model to match_local
+EMBEDDED_KEY = ":embedded:"
+_AUTO_VALUED = {"kv_type"}  # how the library lists the embedded model to match_local
 
 
 class _Strict(BaseModel):
@@ -89,7 +90,8 @@ class Preset(_Strict):
     @classmethod
     def _auto_means_none(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: (None if v == "auto" else v) for k, v in value.items()}
+            # "auto" is a value of its own for fields that name it (kv_type), else it means empty.
+            return {k: (None if v == "auto" and k not in _AUTO_VALUED else v) for k, v in value.items()}
         return value
 
     @model_validator(mode="after")
@@ -143,10 +145,12 @@ def repo_folder(repo: str) -> str:
     return repo.replace("/", "--")
 
 
-def match_local(source: ModelSource, library: list[tuple[str, str]]) -> Optional[str]:
+def match_local(source: ModelSource, library: list[tuple[str, str]], backend: str = "llama_cpp") -> Optional[str]:
     """Find the preset's model among ``(name relative to the models folder, absolute path)``.
 
-    Matching is by name only: the preset never becomes a path by itself.
+    Matching is by name only: the preset never becomes a path by itself. A Hub preset matches only
+    what is under its own repository's folder, never a file elsewhere with a similar name; for
+    transformers only the model folder itself (a GGUF there is not its model).
     """
     if source.embedded:
         return next((p for rel, p in library if rel == EMBEDDED_KEY), None)
@@ -156,13 +160,13 @@ def match_local(source: ModelSource, library: list[tuple[str, str]]) -> Optional
             if rel == wanted or absolute == source.path:
                 return absolute
         return None
-    folder = repo_folder(source.repo) + "/"
+    folder = repo_folder(source.repo)
+    if backend == "transformers":
+        return next((p for rel, p in library if rel == folder), None)
     pattern = source.file or "*.gguf"
-    candidates = [(rel, p) for rel, p in library if rel.startswith(folder)
-                  and fnmatch.fnmatch(rel[len(folder):], pattern)]
-    candidates = candidates or [(rel, p) for rel, p in library if fnmatch.fnmatch(rel.rsplit("/", 1)[-1], pattern)]
+    candidates = sorted((rel, p) for rel, p in library if rel.startswith(folder + "/")
+                        and fnmatch.fnmatch(rel[len(folder) + 1:], pattern))
     # Split GGUFs: the first shard stands for the model.
-    candidates.sort(key=lambda c: c[0])
     return candidates[0][1] if candidates else None
 
 

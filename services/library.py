@@ -9,16 +9,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from core.gguf_header import GGUFError
 from core.hardware import Hardware
-from core.hub_fit import FitRow, best_row, plan_gguf, transformers_rows
+from core.hub_fit import FitRow, best_row, transformers_rows
+from core.load_plan import HfFacts, ModelFacts, plan_with_best_context
 from core.model_catalog import ModelCatalog, ModelEntry
 from core.plan import Plan
 from core.planner import Calibration
 from services.downloads import MANIFEST, inside, read_manifest, write_manifest
-from services.hf_repo import RepoError, inspect_repo
+from services.hf_repo import inspect_repo
 from services.model_files import gguf_shape, shard_paths
 
 USAGE_FILE = "library-usage.json"
@@ -35,36 +35,45 @@ class LibraryItem:
     repo: str = ""               # the Hub repo it was downloaded from (its manifest), "" otherwise
 
 
-def plan_local(entry: ModelEntry, hw: Optional[Hardware], cal: Calibration = Calibration()) -> FitRow:
-    """The plan of a model on disk, from its own header (GGUF) or config and safetensors headers."""
-    if entry.backend == "transformers":
-        try:
-            repo = inspect_repo(entry.path)
-        except RepoError as exc:
-            return FitRow(entry.name, entry.name, "", entry.size_bytes, problem=str(exc))
+def _read_facts(path: str, backend: str) -> ModelFacts:
+    if backend == "transformers":
+        repo = inspect_repo(path)
+        return ModelFacts("transformers", Path(path).name,
+                          hf=HfFacts(repo.dims, repo.tensors, repo.quant_method, repo.weight_bytes, len(repo.weight_files)))
+    return ModelFacts("llama_cpp", Path(path).name, shape=gguf_shape(Path(path)))
+
+
+def plan_local(entry: ModelEntry, hw: Optional[Hardware], cal: Calibration = Calibration(),
+               read_facts: Optional[Callable[[str, str], ModelFacts]] = None) -> FitRow:
+    """The plan of a model on disk, from its own header (GGUF) or config and safetensors headers,
+    through the one door. ``read_facts`` is the app's cached reader (``services.planning``)."""
+    try:
+        facts = (read_facts or _read_facts)(entry.path, entry.backend)
+    except (ValueError, OSError) as exc:  # GGUFError, RepoError
+        what = "" if entry.backend == "transformers" else "cannot read the header: "
+        return FitRow(entry.name, entry.name, "", entry.size_bytes, problem=f"{what}{exc}")
+    if facts.backend == "transformers":
+        hf = facts.hf
         if hw is None:
-            return FitRow(entry.name, entry.name, repo.quant_method or "safetensors", entry.size_bytes,
+            return FitRow(entry.name, entry.name, hf.quant_method or "safetensors", entry.size_bytes,
                           problem="hardware probing is not available")
-        rows = transformers_rows(repo.dims, repo.tensors, repo.quant_method, repo.weight_bytes,
-                                 len(repo.weight_files), hw, cal=cal)
+        rows = transformers_rows(hf.dims, hf.tensors, hf.quant_method, hf.weight_bytes, hf.n_files, hw, cal=cal)
         best = best_row(rows)
         return next((r for r in rows if r.key == best), rows[-1])
-    try:
-        shape = gguf_shape(Path(entry.path))
-    except (GGUFError, OSError) as exc:
-        return FitRow(entry.name, entry.name, "", entry.size_bytes, problem=f"cannot read the header: {exc}")
+    shape = facts.shape
     if hw is None:
         return FitRow(entry.name, entry.name, shape.quantization, entry.size_bytes,
                       problem="hardware probing is not available")
-    plan, best_ctx = plan_gguf(shape, hw, cal)
+    plan, best_ctx = plan_with_best_context(facts, hw, cal)
     return FitRow(entry.name, entry.name, shape.quantization, entry.size_bytes, plan=plan, best_ctx=best_ctx)
 
 
 def library_items(catalog: ModelCatalog, hw: Optional[Hardware], usage: dict[str, float],
-                  cal: Calibration = Calibration()) -> list[LibraryItem]:
+                  cal: Calibration = Calibration(),
+                  read_facts: Optional[Callable[[str, str], ModelFacts]] = None) -> list[LibraryItem]:
     items = []
     for entry in catalog.entries:
-        row = plan_local(entry, hw, cal)
+        row = plan_local(entry, hw, cal, read_facts)
         used = usage.get(entry.path)
         folder = Path(entry.path) if entry.backend == "transformers" else Path(entry.path).parent
         repo = read_manifest(folder).get("repo", "") if entry.source == "library" else ""

@@ -8,7 +8,8 @@ from typing import Iterator, Optional, Sequence
 
 from core.hardware import Hardware
 from core.hub_files import GgufModel, TransformersFiles
-from core.hub_fit import FitRow, plan_gguf, transformers_rows
+from core.hub_fit import FitRow, transformers_rows
+from core.load_plan import ModelFacts, plan_with_best_context
 from core.planner import Calibration
 from services.hf_repo import HfRepo
 from services.hub import HubClient, HubError, RepoListing
@@ -28,7 +29,7 @@ def gguf_row(hub: HubClient, listing: RepoListing, model: GgufModel, hw: Optiona
     if hw is None:
         return FitRow(model.key, label, quant, model.size, len(model.files),
                       problem="hardware probing is not available", header_bytes=read)
-    plan, best_ctx = plan_gguf(shape, hw, cal)
+    plan, best_ctx = plan_with_best_context(ModelFacts("llama_cpp", shape.name, shape), hw, cal)
     return FitRow(model.key, label, quant, model.size, len(model.files), plan, best_ctx, header_bytes=read)
 
 

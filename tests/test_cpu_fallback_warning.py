@@ -16,7 +16,7 @@ from core.hardware import GIB, GpuInfo, GpuProcess, Hardware
 from core.options import LoadOptions, SamplingOptions, TransformersLoadOptions
 from core.plan import MemoryBreakdown, Plan, cpu_fallback_warning
 from core.settings import AppSettings
-from services.load_planning import LoadPlanner
+from backends.load_planning import LoadPlanner
 from services.local_models import build_catalog
 from ui import chat_handlers as h
 from ui.context import AppContext
@@ -125,9 +125,10 @@ def test_a_transformers_load_gets_a_prediction_and_the_warning_on_a_full_gpu(hf_
     chosen = LoadSpec(str(hf_checkpoint), TransformersLoadOptions(quantization="bf16", gpu_memory_gib=0),
                       backend="transformers")
     assert LoadPlanner(tmp_path, lambda: machine(0.0)).prepare(chosen)[1].warning == ""
-    # A folder the worker will refuse gets no prediction here; the worker says what is wrong.
+    # A folder that is no model is refused before any worker starts, with what is wrong.
     broken = LoadSpec(str(tmp_path), TransformersLoadOptions(), backend="transformers")
-    assert LoadPlanner(tmp_path, lambda: machine(0.0)).prepare(broken) == (broken, None)
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        LoadPlanner(tmp_path, lambda: machine(0.0)).prepare(broken)
 
 
 @pytest.mark.real_model

@@ -23,7 +23,7 @@ from backends.worker_client import WorkerBackend
 from core.openai_schema import ApiRequestError, ChatCompletionRequest, parse_request
 from core.options import LoadOptions, SamplingOptions
 from services.hardware import probe
-from services.load_planning import LoadPlanner
+from backends.load_planning import LoadPlanner
 from tests.conftest import ROOT, start_app
 from ui import chat_handlers as h
 
@@ -79,7 +79,7 @@ def wait_ready(client: Client, timeout: float = 60) -> dict:
 # -- line 4: every name-taking endpoint, called directly ------------------------------------------
 NAME_ENDPOINTS = {  # endpoint: the arguments around the name
     "/load_model": ((), LOAD_DEFAULTS), "/load_library_model": ((), ()), "/reveal_model": ((), ()),
-    "/ask_delete": ((), ()), "/delete_model": ((), ()), "/load_preset": ((), ()), "/rank_presets": ((), ("Fastest",)),
+    "/ask_delete": ((), ()), "/delete_model": ((), ()), "/load_preset": ((), ("Fastest",)), "/rank_presets": ((), ("Fastest",)),
     "/open_repo": ((), ()), "/download": ((), ()),
 }
 

@@ -8,7 +8,7 @@ from backends.base import LoadSpec, ModelLoadError
 from backends.manager import ModelManager
 from core.hardware import GIB, Hardware
 from core.options import LoadOptions
-from services.load_planning import LoadPlanner
+from backends.load_planning import LoadPlanner
 
 pytestmark = pytest.mark.real_model
 

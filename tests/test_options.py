@@ -9,7 +9,7 @@ from core.options import LoadOptions, SamplingOptions, describe_validation_error
 def test_defaults_are_valid():
     assert SamplingOptions().temperature == 0.7
     assert LoadOptions().flash_attn is True
-    assert LoadOptions().kv_type == "f16"
+    assert LoadOptions().kv_type == "auto" and LoadOptions().kv_cache_type == "f16"
 
 
 @pytest.mark.parametrize("field,value", [

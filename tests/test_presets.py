@@ -88,6 +88,20 @@ def test_match_local_by_name_only():
     assert match_local(ModelSource(embedded=True), library) == "/site/smol.gguf"
 
 
+def test_match_local_stays_inside_the_presets_repository_folder():
+    library = [("Qwen2.5-0.5B-Instruct-Q4_K_M.gguf", "/m/Qwen2.5-0.5B-Instruct-Q4_K_M.gguf"),
+               ("other--Llama-GGUF/Llama-Q4_K_M.gguf", "/m/other--Llama-GGUF/Llama-Q4_K_M.gguf"),
+               ("mistralai--Mistral-7B", "/m/mistralai--Mistral-7B"),
+               ("mistralai--Mistral-7B-v2/x.gguf", "/m/mistralai--Mistral-7B-v2/x.gguf")]
+    # A file with a similar name elsewhere (another repository, the top folder) is not the preset's model.
+    assert match_local(ModelSource(repo="bartowski/Llama-GGUF", file="*Q4_K_M.gguf"), library) is None
+    assert match_local(ModelSource(repo="bartowski/Llama-GGUF"), library) is None
+    # transformers: only the model folder itself, never a GGUF file.
+    assert match_local(ModelSource(repo="mistralai/Mistral-7B"), library, "transformers") == "/m/mistralai--Mistral-7B"
+    assert match_local(ModelSource(repo="someone/Qwen2.5-0.5B"), library, "transformers") is None
+    assert match_local(ModelSource(repo="mistralai/Mistral-7B"), library) is None
+
+
 def test_ranking_orders_by_fit_then_speed():
     presets, _ = load_presets([ROOT / "presets"])
     hw = load_profile(ROOT / "profiles" / "rtx3060-12g.yaml")

@@ -86,3 +86,12 @@ class AppContext:
     loaded_plan: Callable[[], Optional[Plan]] = field(default=lambda: None)
     # The admin's remote engines (services.remote_endpoints.RemoteEndpointStore); None: none can be added.
     remotes: Optional[Any] = None
+    # The one planning object (services.planning.Planning): this machine, its calibration and model
+    # facts, shared with the model manager's planner. Made from ``hardware`` when not given.
+    planning: Optional[Any] = None
+
+    def __post_init__(self) -> None:
+        if self.planning is None and self.hardware is not None:
+            from services.planning import Planning
+
+            self.planning = Planning(self.settings.data_dir, self.hardware, ttl_s=0)

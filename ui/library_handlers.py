@@ -12,9 +12,8 @@ import gradio as gr
 from backends.base import BackendError, LoadSpec
 from core.hub_files import format_bytes
 from core.model_catalog import ModelEntry, UnknownModelError
-from core.multi_gpu_plan import split_updates
-from core.options import LoadOptions, TransformersLoadOptions
-from services.calibration import load_calibration
+from core.load_plan import applied_options
+from core.planner import Calibration
 from services.library import DeleteError, delete_model, library_items, plan_local, read_usage, record_use
 from ui.context import AppContext
 from ui.models_view import library_table
@@ -40,33 +39,37 @@ def refresh(ctx: AppContext, select_path: Optional[str] = None) -> tuple[str, An
     catalog = ctx.catalog()
     if loaded is not None and catalog.find_path(loaded) is not None:
         record_use(ctx.settings.data_dir, loaded)
-    hw = ctx.hardware() if ctx.hardware is not None else None
-    cal = load_calibration(ctx.settings.data_dir, hw.gpus[0].name if hw is not None and hw.gpus else None)
-    items = library_items(catalog, hw, read_usage(ctx.settings.data_dir), cal)
+    hw, cal = _machine(ctx)
+    items = library_items(catalog, hw, read_usage(ctx.settings.data_dir), cal, _facts(ctx))
     names = catalog.names
     chosen = catalog.find_path(select_path) if select_path else None
     value = chosen.name if chosen else (names[0] if names else None)
-    from ui.quality_handlers import labels_by_path
+    return library_table(items), gr.Dropdown(choices=names, value=value)
 
-    return library_table(items, labels_by_path(ctx)), gr.Dropdown(choices=names, value=value)
+
+def _machine(ctx: AppContext):
+    """This machine and its calibration, from the planning object shared with the model manager."""
+    if ctx.planning is None:
+        return None, Calibration()
+    hw = ctx.planning.machine()
+    return hw, ctx.planning.calibration(hw)
+
+
+def _facts(ctx: AppContext):
+    return ctx.planning.facts if ctx.planning is not None else None
 
 
 def load(ctx: AppContext, name: Any) -> str:
-    """Load with the settings the planner chose for this machine (the manager checks again)."""
+    """Load with exactly the plan the library shows for this machine (the manager checks it again)."""
     entry = _entry(ctx, name)
-    hw = ctx.hardware() if ctx.hardware is not None else None
-    cal = load_calibration(ctx.settings.data_dir, hw.gpus[0].name if hw is not None and hw.gpus else None)
-    row = plan_local(entry, hw, cal)
+    hw, cal = _machine(ctx)
+    row = plan_local(entry, hw, cal, _facts(ctx))
     plan = row.plan
     if plan is None:
         raise gr.Error(f"{entry.name}: {row.problem}")
     if plan.fit == "no_fit":
         raise gr.Error(f"{entry.name} does not fit on this machine: " + "; ".join(plan.reasons))
-    if entry.backend == "transformers":
-        options = TransformersLoadOptions(quantization=plan.quantization, n_ctx=plan.n_ctx)
-    else:
-        options = LoadOptions(n_ctx=plan.n_ctx, n_gpu_layers=plan.n_gpu_layers, kv_type=plan.kv_type,
-                              flash_attn=plan.flash_attn, **split_updates(plan))
+    options = applied_options(plan)
     try:
         ctx.manager.load(LoadSpec(entry.path, options, backend=entry.backend, display_name=entry.name))
         record_use(ctx.settings.data_dir, entry.path)

@@ -13,7 +13,6 @@ from core.hardware import Hardware
 from core.hub_files import HubFile, HubNameError, check_query, check_repo_id, format_bytes, group_gguf
 from core.hub_fit import FitRow, best_row
 from core.planner import Calibration
-from services.calibration import load_calibration
 from services.download_job import DownloadJob
 from services.downloads import Downloader, DownloadRequest
 from services.hub import HubClient, HubError, RepoListing
@@ -49,9 +48,11 @@ class RepoView:
 
 
 def machine(ctx: AppContext) -> tuple[Optional[Hardware], Calibration]:
-    hw = ctx.hardware() if ctx.hardware is not None else None
-    gpu = hw.gpus[0].name if hw is not None and hw.gpus else None
-    return hw, load_calibration(ctx.settings.data_dir, gpu)
+    """This machine and its calibration, from the planning object shared with the model manager."""
+    if ctx.planning is None:
+        return None, Calibration()
+    hw = ctx.planning.machine()
+    return hw, ctx.planning.calibration(hw)
 
 
 def search(svc: ModelsServices, query: Any, fmt_label: Any) -> tuple[str, Any]:

@@ -10,11 +10,11 @@ import gradio as gr
 
 from backends.base import BackendError, LoadSpec
 from core.hardware import GIB, Hardware
+from core.load_plan import applied_options
 from core.plan import Plan
 from core.preset_plans import plan_preset
 from core.presets import EMBEDDED_KEY, Preset, RankedPreset, rank
 from services.hardware import list_profiles
-from services.model_files import gguf_shape
 from services.paths import project_root
 from services.presets_loader import load_presets
 from ui.context import AppContext
@@ -62,10 +62,6 @@ def _library(ctx: AppContext) -> list[tuple[str, str]]:
     for entry in ctx.catalog().entries:
         out.append((EMBEDDED_KEY if entry.source == "embedded" else entry.name, entry.path))
     return out
-
-
-def _read_shape(path: str):
-    return gguf_shape(Path(path))
 
 
 def hardware_summary(hw: Hardware) -> str:
@@ -131,7 +127,9 @@ def ranked(ctx: AppContext, machine_label: Any, goal_label: Any) -> tuple[list[R
     hw = found[machine_label]
     presets, preset_errors = load_all_presets(ctx)
     library = _library(ctx)
-    entries = [plan_preset(key, preset, hw, library, _read_shape, goal=GOALS[goal_label])
+    planning = _planning(ctx)
+    cal = planning.calibration(hw)
+    entries = [plan_preset(key, preset, hw, library, planning.facts, cal, GOALS[goal_label])
                for key, preset in presets.items()]
     return rank(entries), hw, profile_errors + preset_errors
 
@@ -148,26 +146,34 @@ def refresh(ctx: AppContext, machine_label: Any, goal_label: Any) -> tuple[str, 
                                                                               value=choices[0][1] if choices else None)
 
 
-def load_preset(ctx: AppContext, key: Any) -> str:
+def _planning(ctx: AppContext):
+    if ctx.planning is None:
+        raise gr.Error("Hardware probing is not available.")
+    return ctx.planning
+
+
+def load_preset(ctx: AppContext, key: Any, goal_label: Any = "Fastest") -> str:
+    """Load a preset with the plan the table shows for this machine: the same plan, applied as is."""
     presets, _ = load_all_presets(ctx)
     if not isinstance(key, str) or key not in presets:
         raise gr.Error("Pick a preset from the list.")
+    if goal_label not in GOALS:
+        raise gr.Error("Pick a goal from the list.")
     preset = presets[key]
-    entry = plan_preset(key, preset, ctx.hardware() if ctx.hardware else _no_hardware(), _library(ctx), _read_shape)
+    planning = _planning(ctx)
+    hw = planning.machine()
+    entry = plan_preset(key, preset, hw, _library(ctx), planning.facts, planning.calibration(hw), GOALS[goal_label])
     if entry.local_path is None:
         where = (f"{preset.model.repo} ({preset.model.file or 'all files'})" if preset.model.repo
                  else preset.model.path or "the embedded model")
         raise gr.Error(f"{preset.name} is not on disk yet: download {where} in the Models tab first.")
-    try:
-        options = preset.load_options()
-    except ValueError as exc:
-        raise gr.Error(f"{preset.name}: {exc}") from None
+    if entry.plan is None:
+        raise gr.Error(f"{preset.name}: {entry.problem}")
+    if entry.plan.fit == "no_fit":
+        raise gr.Error(f"{preset.name} does not fit on this machine: " + "; ".join(entry.plan.reasons))
+    options = applied_options(entry.plan, preset.load_options())
     try:
         ctx.manager.load(LoadSpec(entry.local_path, options, backend=preset.backend, display_name=preset.name))
     except BackendError as exc:
         gr.Warning(str(exc))
     return format_status(ctx.manager.state())
-
-
-def _no_hardware() -> Hardware:
-    raise gr.Error("Hardware probing is not available.")

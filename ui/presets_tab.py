@@ -29,14 +29,14 @@ def build(ctx: AppContext) -> None:
     def on_refresh(machine_label, goal_label):
         return h.refresh(ctx, machine_label, goal_label)
 
-    def on_load(request: gr.Request, key):
+    def on_load(request: gr.Request, key, goal_label):
         require_admin(ctx, request, "load a model")
-        return h.load_preset(ctx, key)
+        return h.load_preset(ctx, key, goal_label)  # the plan the table shows for this goal
 
     outputs = [hardware, table, problems, choice]
     inputs = [machine, goal]
     gr.on([machine.change, goal.change, refresh_btn.click], on_refresh, inputs, outputs, api_name="rank_presets",
           concurrency_limit=2)
-    load_btn.click(on_load, choice, status, api_name="load_preset", concurrency_limit=1,
+    load_btn.click(on_load, [choice, goal], status, api_name="load_preset", concurrency_limit=1,
                    concurrency_id="model-admin")
     return lambda app, tabs: tabs["presets"].select(on_refresh, inputs, outputs, api_visibility="private")
