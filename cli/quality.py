@@ -61,7 +61,8 @@ def run(argv: list[str]) -> int:
     from backends.base import BackendError
     from backends.manager import ModelManager
     from services.hardware import probe
-    from services.load_planning import LoadPlanner, cached_probe
+    from backends.load_planning import LoadPlanner
+    from services.planning import Planning
     from services.paths import default_data_dir
     from services.quality import QualityStore, run_quality
 
@@ -71,7 +72,7 @@ def run(argv: list[str]) -> int:
     spec = model_spec(args.model, args, names)
     ref_spec = model_spec(args.ref, args, names) if args.ref else None
     data_dir = args.data_dir or default_data_dir()
-    manager = ModelManager(planner=LoadPlanner(data_dir, cached_probe(probe)))
+    manager = ModelManager(planner=LoadPlanner(Planning(data_dir, probe)))
     cancel = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
 

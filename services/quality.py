@@ -15,11 +15,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from backends.base import LoadSpec
 from core.quality import QualityOptions, QualityResult, WindowScore, summarise
 from services.paths import project_root
+
+if TYPE_CHECKING:  # a type name only: services import no backend at run time
+    from backends.base import LoadSpec
 
 TEXT_NAME = "gpl-3.0.txt"
 RESULTS_FILE = "results.json"

@@ -51,10 +51,24 @@ def test_importing_app_parses_no_arguments():
 LAYERS = {"core": 0, "services": 1, "backends": 2, "ui": 3, "api": 3, "cli": 4}
 
 
+def _runtime_nodes(tree):
+    """Every node but those under ``if TYPE_CHECKING:`` (type names only, never imported at run time)."""
+    import ast
+
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def _imports(path):
     import ast
 
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             yield from ((a.name, node.lineno) for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -98,6 +112,8 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
         (tmp_path / top).mkdir()
     (tmp_path / "services" / "bad.py").write_text("def f():\n    from backends.base import LoadSpec\n")
     (tmp_path / "ui" / "x.py").write_text("import api.openai_routes\n")
+    (tmp_path / "services" / "typed.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                                    "    from backends.base import LoadSpec\n")
     (tmp_path / "cli" / "a.py").write_text("from cli.b import x\n")
     (tmp_path / "cli" / "b.py").write_text("from cli.a import y\n")
     assert layer_violations(tmp_path) == ["services/bad.py:2 imports backends.base", "ui/x.py:1 imports api.openai_routes"]
