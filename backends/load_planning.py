@@ -57,7 +57,10 @@ class LoadPlanner:
         except (ValueError, OSError) as exc:  # GGUFError, RepoError
             raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
         hw = self.planning.machine()
-        plan = self.planning.plan(facts, spec.options, hw=hw)
+        try:
+            plan = self.planning.plan(facts, spec.options, hw=hw)
+        except ValueError as exc:  # e.g. a split that does not match this machine's GPUs
+            raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}") from None
         if spec.backend == "transformers":
             # Only a prediction: the worker plans the real placement (and refuses what cannot fit)
             # with torch's view of the GPU.

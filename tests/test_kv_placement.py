@@ -9,7 +9,7 @@ from core.hardware import GIB
 from core.options import LoadOptions
 from core.planner import evaluate, evaluate_as_asked, kv_bytes, optimise
 from core.presets import parse_preset
-from core.preset_plans import plan_llama_cpp
+from core.load_plan import ModelFacts, plan_load
 from tests.test_planner import CPU_ONLY, gpu_machine, profile, shapes  # noqa: F401  (fixture)
 
 
@@ -68,11 +68,11 @@ def test_presets_plan_with_the_placement(shapes):
     preset = parse_preset({"name": "p", "backend": "llama_cpp", "quantization": "Q4_K_M",
                            "model": {"repo": "a/b", "file": "m.gguf"},
                            "load": {"kv_placement": "ram", "n_ctx": 32768, "kv_type": "f16"}}, "p.yaml")
-    assert plan_llama_cpp(preset, shapes["8b"], gpu_machine(8)).kv_placement == "ram"
+    assert plan_load(ModelFacts("llama_cpp", "8b", shapes["8b"]), gpu_machine(8), options=preset.load_options()).kv_placement == "ram"
     preset = parse_preset({"name": "p", "backend": "llama_cpp", "quantization": "Q4_K_M",
                            "model": {"repo": "a/b", "file": "m.gguf"},
                            "load": {"kv_placement": "gpu", "n_ctx": 32768, "kv_type": "f16"}}, "p.yaml")
-    assert plan_llama_cpp(preset, shapes["8b"], gpu_machine(8)).kv_placement == "gpu"
+    assert plan_load(ModelFacts("llama_cpp", "8b", shapes["8b"]), gpu_machine(8), options=preset.load_options()).kv_placement == "gpu"
 
 
 @pytest.mark.real_model
