@@ -232,14 +232,11 @@ class QualityJob:
         self.progress = (phase, done, total)
 
     def _run(self) -> None:
-        from backends.base import BackendError
-
         try:
             self.outcome = run_quality(*self._args)
-        except BackendError as exc:
-            self.error = str(exc)
         except Exception as exc:  # a bug must not leave the UI waiting forever
-            self.error = f"The quality check stopped unexpectedly: {type(exc).__name__}: {exc}"
+            self.error = str(exc) if _is_backend_error(exc) else (
+                f"The quality check stopped unexpectedly: {type(exc).__name__}: {exc}")
         finally:
             self.done.set()
 
@@ -255,3 +252,9 @@ def quality_labels(store: QualityStore, paths: list[str]) -> dict[str, str]:
         if result is not None:
             out[path] = short_summary(result)
     return out
+
+
+def _is_backend_error(exc: BaseException) -> bool:
+    """A ``backends.base.BackendError`` (its message is meant for the user), recognised without
+    importing the backends layer from here (imports go down only)."""
+    return any(c.__name__ == "BackendError" and c.__module__ == "backends.base" for c in type(exc).__mro__)

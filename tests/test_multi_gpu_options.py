@@ -116,7 +116,7 @@ def test_transformers_prediction_spreads_over_gpus():
 
 def test_load_planner_applies_the_plan_and_refuses_a_split_for_gpus_that_are_not_there(tmp_path, shape_8b):
     from backends.base import LoadSpec, ModelLoadError
-    from services.load_planning import LoadPlanner
+    from backends.load_planning import LoadPlanner
 
     path = write(tmp_path / "8b.gguf", "llama31-8b", "Q4_K_M", None, sparse=True)
     planner = LoadPlanner(tmp_path, lambda: EQUAL_2)
