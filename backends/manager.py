@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generator, Literal, Optional, Protocol
@@ -18,6 +19,7 @@ from typing import Callable, Generator, Literal, Optional, Protocol
 from backends.base import (Backend, BackendError, ChatStream, LoadSpec, ModelInfo, ModelLoadError,
                            NotLoadedError, TemplateError, WorkerCrashed)
 from backends.turns import BusyError, Turn, TurnQueue
+from backends.watchdog import IdleWatch, RestartPolicy
 from core.chat_template import TemplateRenderError, choose_template
 from core.generation import GenerationProgress, GenerationStats
 from core.gguf_header import GGUFError
@@ -81,6 +83,9 @@ class ModelManager:
         self._settled.set()
         self._live: Optional[GenerationProgress] = None
         self._last_stats: Optional[GenerationStats] = None
+        self._restarts = RestartPolicy()
+        self._epoch = 0  # bumped by every load or unload a person asks for: a pending restart then stands down
+        self._watch: Optional[IdleWatch] = None
 
     def state(self) -> ManagerState:
         with self._state_lock:
@@ -101,7 +106,10 @@ class ModelManager:
         return self._settled.wait(timeout)
 
     # -- load / unload ---------------------------------------------------------------------
-    def load(self, spec: LoadSpec, busy_timeout_s: float = 1.0) -> ModelInfo:
+    def load(self, spec: LoadSpec, busy_timeout_s: float = 1.0, restart: bool = False) -> ModelInfo:
+        if not restart:
+            self._epoch += 1
+            self._restarts.reset()
         plan = None
         try:
             if self._planner is not None:
@@ -142,8 +150,12 @@ class ModelManager:
                 info = self._backend.load(spec)
             except BackendError as exc:
                 self._set(status="failed", info=None, error=str(exc))
+                if restart and isinstance(exc, WorkerCrashed):
+                    self._crashed(str(exc))  # crashed again while loading: counts towards giving up
                 raise
             self._set(status="ready", info=info, error=None, plan=plan)
+            if self._watch is None:
+                self._watch = IdleWatch(self._check_idle_worker)
             return info
         finally:
             self._settled.set()
@@ -172,6 +184,7 @@ class ModelManager:
     def unload(self, busy_timeout_s: float = 1.0) -> None:
         if not self._busy.acquire(timeout=busy_timeout_s):
             raise BusyError("A reply is being generated; press Stop or wait, then unload.")
+        self._epoch += 1
         try:
             if self._backend is not None:
                 self._backend.unload()
@@ -180,6 +193,9 @@ class ModelManager:
             self._busy.release()
 
     def close(self) -> None:
+        self._epoch += 1
+        if self._watch is not None:
+            self._watch.stop()
         if self._backend is not None:
             self._backend.unload()
 
@@ -210,6 +226,9 @@ class ModelManager:
                 raise NotLoadedError(self._not_ready_message(state))
             stream = self._backend.stream_chat(messages, params, cancel)
             turn.hand_over()  # the guarded stream releases the lock when the reply ends
+        except WorkerCrashed as exc:  # it died while idle, before the watchdog noticed
+            turn.leave()
+            raise WorkerCrashed(self._crashed(str(exc))) from None
         except BaseException:
             turn.leave()
             raise
@@ -223,10 +242,51 @@ class ModelManager:
             yield from stream
             return stream.stats
         except WorkerCrashed as exc:
-            self._set(status="crashed", info=None, error=str(exc))
-            raise
+            raise WorkerCrashed(self._crashed(str(exc))) from None
         finally:
             self._finish(stream)
+
+    # -- crashes ---------------------------------------------------------------------------
+    def _check_idle_worker(self) -> None:
+        """The watchdog's round: a worker that died while idle is noticed within a second."""
+        backend = self._backend
+        if self.state().status != "ready" or backend is None or not hasattr(backend, "exit_message"):
+            return
+        if not self._busy.acquire(blocking=False):
+            return  # a reply or a load is running: it sees the crash itself
+        try:
+            message = backend.exit_message() if self.state().status == "ready" else None
+        finally:
+            self._busy.release()
+        if message:
+            self._crashed(message)
+
+    def _crashed(self, message: str) -> str:
+        """Record a crash and load the same model again after a backoff, or give up after
+        ``RestartPolicy.max_crashes`` in its window. Returns the message to show."""
+        spec = self.state().spec
+        delay = self._restarts.after_crash(time.monotonic()) if spec is not None else None
+        message = message.replace(" The model is unloaded; load it again to continue.", "")
+        if delay is None:
+            text = (f"{message} It crashed {self._restarts.recent} times within "
+                    f"{self._restarts.window_s:.0f} s, so it is left unloaded; check its options and load it again.")
+            self._set(status="failed", info=None, error=text)
+            return text
+        text = f"{message} FitChat loads it again in {delay:.0f} s."
+        self._set(status="crashed", info=None, error=text)
+        epoch = self._epoch
+
+        def restart() -> None:
+            time.sleep(delay)
+            if self._epoch != epoch:
+                return  # someone loaded or unloaded meanwhile
+            try:
+                self.load(spec, busy_timeout_s=120, restart=True)
+            except BackendError:
+                pass  # recorded in the state
+
+        threading.Thread(target=restart, name="worker-restart", daemon=True).start()
+        return text
 
     def _finish(self, stream: ChatStream) -> None:
         """The reply is over (finished, failed, or closed before it started): free the model."""

@@ -136,6 +136,18 @@ class WorkerBackend:
         return WorkerCrashed(f"The model worker {describe_exit(returncode)}. The model is unloaded; "
                              f"load it again to continue.{detail}")
 
+    def exit_message(self) -> Optional[str]:
+        """For the manager's watchdog: the crash message when the worker died while idle (the
+        backend is then reset), else None. Never waits for a reply or load in progress."""
+        if not self._gen_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._proc is not None and self._proc.poll() is not None:
+                return str(self._crashed())
+            return None
+        finally:
+            self._gen_lock.release()
+
     def _kill(self) -> None:
         proc, conn = self._proc, self._conn
         self._proc, self._conn, self._info = None, None, None

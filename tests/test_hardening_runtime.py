@@ -176,11 +176,15 @@ def test_worker_killed_mid_reply_is_reported_and_the_app_recovers(app, client):
     time.sleep(0.3)
     (worker,) = worker_children(app.proc.pid)
     os.kill(worker.pid, signal.SIGKILL)
+    killed = time.monotonic()
     final = job.result(timeout=30)[0]
-    assert "killed by SIGKILL" in last_reply(final)
-    assert client.predict(api_name="/model_status")["status"] == "crashed"
-    assert "Ready" in client.predict(EMBEDDED, *LOAD_DEFAULTS, api_name="/load_model")
+    assert "killed by SIGKILL" in last_reply(final) and "loads it again" in last_reply(final)
+    # The worker comes back with the same model by itself (tests/test_worker_restart.py), no Load needed.
+    while client.predict(api_name="/model_status")["status"] != "ready":
+        assert time.monotonic() - killed < 15
+        time.sleep(0.2)
     assert "tok/s" in last_reply(client.predict(*send_args("Hi!", max_tokens=4), api_name="/send")[0])
+    assert "Ready" in client.predict(EMBEDDED, *LOAD_DEFAULTS, api_name="/load_model")  # Load still works
 
 
 @pytest.fixture
