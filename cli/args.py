@@ -33,7 +33,7 @@ def add_option_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) ->
             parser.add_argument(flag, dest=spec["name"], action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         elif spec["list"]:
-            parser.add_argument(flag, dest=spec["name"], type=_number_list, default=None, metavar="A,B,...",
+            parser.add_argument(flag, dest=spec["name"], type=number_list, default=None, metavar="A,B,...",
                                 help=help_text)
         elif typing.get_origin(annotation) is typing.Literal:
             parser.add_argument(flag, dest=spec["name"], choices=typing.get_args(annotation),
@@ -45,7 +45,7 @@ def add_option_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) ->
     return names
 
 
-def _number_list(text: str) -> tuple[float, ...]:
+def number_list(text: str) -> tuple[float, ...]:
     try:
         return parse_number_list(text)
     except ValueError as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cli.args import OneLineParser, UsageError
+from cli.args import OneLineParser, UsageError, number_list
 from core.gguf_header import GGUFError
 from core.hardware import GIB, GpuInfo, Hardware
 from core.model_shape import ModelShape
@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--n-gpu-layers", type=int)
     cfg.add_argument("--ctx", type=int)
     cfg.add_argument("--kv", choices=KV_TYPES)
+    gpus = p.add_argument_group("several GPUs (default: the planner chooses)")
+    gpus.add_argument("--split-mode", choices=("auto", "layer", "row", "none"), default="auto")
+    gpus.add_argument("--tensor-split", type=number_list, metavar="A,B,...", help="share per GPU, e.g. 3,1")
+    gpus.add_argument("--main-gpu", type=int, metavar="N")
     p.add_argument("--no-flash-attn", action="store_true")
     p.add_argument("--no-dry-run", action="store_true", help="skip asking llama.cpp for its compute buffers")
     p.add_argument("--data-dir", type=Path, help="where calibration is kept (default: the app's)")
@@ -88,7 +92,8 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
     """The load options the flags give; what is not given stays automatic (the same rules as a Load)."""
     try:
         return LoadOptions(n_gpu_layers=args.n_gpu_layers, n_ctx=args.ctx, kv_type=args.kv or "auto",
-                           flash_attn=not args.no_flash_attn)
+                           flash_attn=not args.no_flash_attn, split_mode=args.split_mode,
+                           tensor_split=args.tensor_split, main_gpu=args.main_gpu)
     except ValidationError as exc:
         raise UsageError(describe_validation_error(exc)) from None
 
@@ -96,8 +101,11 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
 def make_plan(args: argparse.Namespace, shape: ModelShape, hw: Hardware, cal: Calibration,
               model_path: Path | None) -> Plan:
     flash = not args.no_flash_attn
-    plan = plan_load(ModelFacts("llama_cpp", shape.name, shape, exact=model_path is not None), hw, cal,
-                     options_from_args(args), args.goal)
+    try:
+        plan = plan_load(ModelFacts("llama_cpp", shape.name, shape, exact=model_path is not None), hw, cal,
+                         options_from_args(args), args.goal)
+    except ValueError as exc:  # e.g. a tensor_split for GPUs this machine does not have
+        raise UsageError(str(exc)) from None
     # llama.cpp can only dry-run for the machine it runs on, with the GPUs its build can use.
     same_machine = hw.source == "probe" and (hw.can_offload or plan.n_gpu_layers == 0)
     hidden = plan.extra.get("hide_gpus", False)  # a dry run here would see the GPU the worker will not

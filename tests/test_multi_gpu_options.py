@@ -149,3 +149,16 @@ def test_the_engine_loads_the_embedded_model_with_split_options():
         assert info.n_ctx == 512
     finally:
         engine.unload()
+
+
+def test_plan_command_prints_every_gpu_and_takes_the_split(tmp_path, capsys):
+    from cli.plan import run
+
+    path = write(tmp_path / "8b.gguf", "llama31-8b", "Q4_K_M", None, sparse=True)
+    assert run([str(path), "--profile", "2x-rtx3090-24g", "--tensor-split", "3,1", "--no-dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "Machine   2 × NVIDIA GeForce RTX 3090" in out
+    assert "  GPU0  " in out and "25 layers (blocks 0-24)" in out and "8 layers (blocks 25-31 + output)" in out
+    assert "tensor_split 3,1" in out
+    with pytest.raises(UsageError, match="3 entries but this machine has 2 GPUs"):
+        run([str(path), "--profile", "2x-rtx3090-24g", "--tensor-split", "1,1,1"])
