@@ -74,7 +74,7 @@ def launch(settings: AppSettings, started: float) -> int:
     from api import openai_routes
     from cli.login_guard import LoginGuard, SharedThrottle
     from cli.origin_guard import OriginGuard
-    from ui import CSS, build_app
+    from ui import CSS, PAGE_JS, build_app
 
     ctx = make_context(settings)
     atexit.register(ctx.manager.close)
@@ -101,7 +101,8 @@ def launch(settings: AppSettings, started: float) -> int:
         server_name=settings.host, server_port=settings.port, auth=auth,
         auth_message="FitChat: log in" if auth else None, prevent_thread_lock=True,
         show_error=True, quiet=True, footer_links=[], allowed_paths=[], share=settings.share,
-        blocked_paths=[str(settings.data_dir), str(Path.home() / ".cache" / "huggingface")], css=CSS, theme="default",
+        blocked_paths=[str(settings.data_dir), str(Path.home() / ".cache" / "huggingface")], css=CSS, js=PAGE_JS,
+        theme="default",
         app_kwargs={"middleware": middleware},
     )
     openai_routes.install(app.app, ctx.manager, openai_routes.ApiSettings(

@@ -14,6 +14,47 @@ footer { display: none !important; }
 .fc-presets th, .fc-presets td { border-bottom: 1px solid #e5e7eb; padding: 6px 8px; text-align: left;
   vertical-align: top; }
 .fc-badge { color: white; border-radius: 6px; padding: 2px 8px; white-space: nowrap; font-weight: 600; }
+/* Text contrast at least 4.5:1 (WCAG AA): the default theme's white on orange Send is 2.8:1 and its
+   grey descriptions 1.9:1. Darker fills and greys, light mode and dark mode. */
+.gradio-container {
+  --button-primary-background-fill: #c2410c; --button-primary-background-fill-hover: #9a3412;
+  --button-primary-text-color: #ffffff; --button-primary-text-color-hover: #ffffff;
+  --button-cancel-background-fill: #b91c1c; --button-cancel-background-fill-hover: #991b1b;
+  --button-cancel-text-color: #ffffff; --button-cancel-text-color-hover: #ffffff;
+  --block-info-text-color: #4b5563; --body-text-color-subdued: #4b5563; --input-placeholder-color: #6b7280;
+  --block-title-text-color: #374151; --block-label-text-color: #374151;
+}
+.dark .gradio-container, .gradio-container.dark {
+  --block-info-text-color: #d1d5db; --body-text-color-subdued: #d1d5db; --input-placeholder-color: #9ca3af;
+  --block-title-text-color: #e5e7eb; --block-label-text-color: #e5e7eb;
+}
+/* On a phone the Presets table scrolls inside its own box instead of widening the page. */
+#presets-table { max-width: 100%; overflow-x: auto; }
+#presets-table table { min-width: 720px; }
+"""
+
+# Runs once when the page opens (launch(js=...)). Keyboard: Esc stops a reply, Ctrl+Shift+O starts a
+# new conversation, focus goes back to the message box after Send / New chat. Copy on a reply copies
+# its text without the stats footer (<sub> lines the server appends under a reply).
+PAGE_JS = r"""
+() => {
+  const click = (id) => { const b = document.getElementById(id); if (b) b.click(); };
+  const box = () => document.querySelector('#message textarea');
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && !e.ctrlKey && !e.altKey && !e.metaKey) { click('stop'); }
+    else if ((e.ctrlKey || e.metaKey) && e.shiftKey && (e.key === 'O' || e.key === 'o')) {
+      e.preventDefault(); click('new-chat'); setTimeout(() => box() && box().focus(), 50);
+    }
+  }, true);
+  document.addEventListener('click', (e) => {
+    if (e.target.closest && e.target.closest('#send, #new-chat')) setTimeout(() => box() && box().focus(), 50);
+  }, true);
+  if (navigator.clipboard && navigator.clipboard.writeText) {
+    const write = navigator.clipboard.writeText.bind(navigator.clipboard);
+    navigator.clipboard.writeText = (text) =>
+      write(typeof text === 'string' ? text.replace(/\n*<sub>[^<\n]*<\/sub>/g, '') : text);
+  }
+}
 """
 
 TABS = (("Chat", "chat", chat_tab), ("Models", "models", models_tab), ("Presets", "presets", presets_tab),

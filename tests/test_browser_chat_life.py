@@ -1,0 +1,204 @@
+"""Issue 12 in Chromium: drafts survive a streaming reply, a send during a reply is refused with a
+toast, errors are toasts that leave the page usable, the trash icon starts a new chat, the
+conversation list (New, Rename, search, Delete, export), and two browsers of one user that
+both chat and reload without losing anything. Screenshots go to test-artifacts/."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import ARTIFACTS, start_app
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, bot_text, stats_line, wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_model]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    app = start_app(["--ctx", "2048"], tmp_path_factory.mktemp("chat-life"))
+    app.wait_model_ready()
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def open_page(browser, app, width=1400, height=1000):
+    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(app.url)
+    page.wait_for_selector("#message textarea")
+    wait_for(lambda: "Ready" in page.inner_text("#model-status"), 30, "the model to be ready")
+    return page
+
+
+def set_max_tokens(page, n: int) -> None:
+    if not page.locator("#sampling-max_tokens input").is_visible():
+        page.click("#sampling-accordion")
+    page.fill("#sampling-max_tokens input", str(n))
+
+
+def send(page, text: str) -> None:
+    page.fill("#message textarea", text)
+    page.press("#message textarea", "Enter")
+
+
+def new_chat(page) -> None:
+    page.click("#new-chat")
+    wait_for(lambda: page.locator('#chatbot [data-testid="user"]').count() == 0, 5, "an empty chat")
+    time.sleep(0.3)  # the list's refresh after it
+
+
+def toasts(page) -> str:
+    return "\n".join(page.eval_on_selector_all('[data-testid="toast-body"]', "els => els.map(e => e.innerText)"))
+
+
+def reply_done(page, timeout=60) -> None:
+    wait_for(lambda: "tok/s" in stats_line(page) or "stopped" in stats_line(page), timeout, "the reply to end",
+             seen=lambda: bot_text(page)[-200:])
+
+
+def titles(page) -> list[str]:
+    # One read of the whole list: it re-renders while we look.
+    return page.eval_on_selector_all("#conversations label", "els => els.map(e => e.innerText.trim())")
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"chat-life-{name}.png"), full_page=True)
+
+
+def test_a_draft_typed_during_a_reply_stays_and_a_second_send_is_refused_visibly(browser, app):
+    page = open_page(browser, app)
+    set_max_tokens(page, 400)
+    send(page, "Write a long story about a lighthouse keeper.")
+    wait_for(lambda: len(bot_text(page)) > 10, 30, "the reply to stream")
+    assert page.input_value("#message textarea") == ""  # taken: cleared once
+    page.type("#message textarea", "my next question, typed while it streams")
+    time.sleep(1.0)  # about 15 updates of the reply
+    assert page.input_value("#message textarea") == "my next question, typed while it streams"
+    page.press("#message textarea", "Enter")  # a second send during the reply
+    wait_for(lambda: "still being written" in toasts(page), 5, "a toast saying the reply is still running",
+             seen=lambda: toasts(page))
+    assert page.input_value("#message textarea") == "my next question, typed while it streams"
+    shot(page, "send-during-reply")
+    page.click("#stop")
+    reply_done(page)
+    page.press("#message textarea", "Enter")  # now it is taken
+    wait_for(lambda: page.locator('#chatbot [data-testid="user"]').count() == 2, 10, "the second message")
+    assert page.input_value("#message textarea") == ""
+    reply_done(page)
+    page.context.close()
+
+
+def test_everyday_errors_are_toasts_and_the_box_stays_usable(browser, app):
+    page = open_page(browser, app)
+    new_chat(page)
+    page.click("#regenerate")
+    wait_for(lambda: "Nothing to regenerate yet" in toasts(page), 5, "the regenerate toast", seen=lambda: toasts(page))
+    page.press("#message textarea", "Enter")  # empty Enter
+    wait_for(lambda: "Type a message first" in toasts(page), 5, "the empty-message toast", seen=lambda: toasts(page))
+    # No "Error" badge over the chat or the box: a click reaches the box and typing works.
+    assert page.locator("#chatbot .error, #message .error").count() == 0
+    page.click("#message textarea")
+    page.keyboard.type("still usable")
+    assert page.input_value("#message textarea") == "still usable"
+    shot(page, "toasts")
+    page.context.close()
+
+
+def test_trash_icon_starts_a_new_chat_the_model_does_not_see_the_old_one(browser, app):
+    page = open_page(browser, app)
+    set_max_tokens(page, 8)
+    new_chat(page)  # the page opened on the latest conversation
+    send(page, "Remember: the code word is pineapple.")
+    reply_done(page)
+    page.locator("#chatbot").hover()
+    page.locator('#chatbot button[aria-label="Clear"]').click()
+    wait_for(lambda: page.locator('#chatbot [data-testid="user"]').count() == 0, 5, "the chat to clear")
+    send(page, "Hello")
+    reply_done(page)
+    # The old turn did not come back: one message and one reply on screen (and in the model's input).
+    assert page.locator('#chatbot [data-testid="user"]').count() == 1
+    assert "Remember: the code word is pineapple." in titles(page)  # the old conversation is kept in the list
+    shot(page, "trash-new-chat")
+    page.context.close()
+
+
+def test_conversation_list_new_rename_search_delete_export(browser, app):
+    page = open_page(browser, app)
+    set_max_tokens(page, 6)
+    new_chat(page)
+    send(page, "Tell me about giraffes")
+    reply_done(page)
+    wait_for(lambda: "Tell me about giraffes" in titles(page), 5, "the title from the first message",
+             seen=lambda: titles(page))
+    new_chat(page)
+    send(page, "Tell me about otters")
+    reply_done(page)
+    wait_for(lambda: "Tell me about otters" in titles(page), 5, "the second conversation")
+    page.fill("#conversation-title input", "Otter notes")
+    page.click("#rename-conversation")
+    wait_for(lambda: "Otter notes" in titles(page), 5, "the rename", seen=lambda: titles(page))
+    page.fill("#conversation-search input", "giraffe")
+    wait_for(lambda: titles(page) == ["Tell me about giraffes"], 5, "the search", seen=lambda: titles(page))
+    page.fill("#conversation-search input", "")
+    wait_for(lambda: "Otter notes" in titles(page), 5, "the full list again")
+    page.locator("#conversations label", has_text="Tell me about giraffes").click()
+    wait_for(lambda: "giraffes" in page.locator('#chatbot [data-testid="user"]').first.inner_text(), 5,
+             "the giraffe conversation to open")
+    page.click("#export-accordion")
+    page.click("#export")
+    link = page.locator("#export-file a").first
+    link.wait_for(timeout=10_000)
+    with page.expect_download() as download:
+        link.click()
+    text = open(download.value.path(), encoding="utf-8").read()
+    assert text.startswith("# Tell me about giraffes") and "## You" in text
+    shot(page, "list")
+    page.click("#delete-conversation")
+    page.click("#confirm-delete-yes")
+    wait_for(lambda: "Tell me about giraffes" not in titles(page), 5, "the delete", seen=lambda: titles(page))
+    assert "Otter notes" in titles(page)
+    page.context.close()
+
+
+def test_two_browsers_of_one_user_both_chat_both_reload_nothing_lost(browser, app):
+    a = open_page(browser, app)
+    set_max_tokens(a, 4)
+    new_chat(a)
+    send(a, "alpha from browser A")
+    reply_done(a)
+    b = open_page(browser, app)  # restores A's conversation (the latest)
+    wait_for(lambda: "alpha from browser A" in b.locator("#chatbot").inner_text(), 10, "B to restore it")
+    set_max_tokens(b, 4)
+    send(b, "beta from browser B")
+    reply_done(b)
+    send(a, "gamma from browser A")  # A's copy is older: it must not overwrite B's turn
+    reply_done(a)
+    wait_for(lambda: "changed in another tab" in toasts(a), 10, "A to say its turn went to a new conversation",
+             seen=lambda: toasts(a))
+    for page in (a, b):
+        page.reload()
+        page.wait_for_selector("#message textarea")
+    wait_for(lambda: len(titles(a)) >= 2, 10, "both conversations in the list", seen=lambda: titles(a))
+    shot(a, "two-browsers-a")
+    everything = []
+    for i in range(len(titles(a))):
+        a.locator("#conversations label").nth(i).click()
+        time.sleep(1.0)
+        everything.append(a.locator("#chatbot").inner_text())
+    joined = "\n".join(everything)
+    for said in ("alpha from browser A", "beta from browser B", "gamma from browser A"):
+        assert said in joined, f"{said!r} was lost"
+    a.context.close()
+    b.context.close()
