@@ -11,6 +11,7 @@ from pathlib import Path
 from cli.args import OneLineParser, UsageError, add_option_flags, options_from_args
 from core.gguf_header import GGUFError
 from core.options import LoadOptions
+from core.sharing import SECRET_FLAGS, split_secret_flags
 from core.settings import LOOPBACK, AppSettings, parse_api_keys, parse_auth_file, parse_auth_pair
 
 
@@ -49,10 +50,36 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     return parser, names
 
 
-def settings_from_args(argv: list[str]) -> AppSettings:
+def move_secrets_to_environment(argv: list[str], environ=os.environ) -> tuple[list[str], list[str]]:
+    """``--auth``/``--api-key`` values go into ``FITCHAT_AUTH``/``FITCHAT_API_KEY`` (one per line);
+    returns the command line without them and one warning per flag found."""
+    rest, found = split_secret_flags(argv)
+    warnings = []
+    for flag, values in found.items():
+        env = SECRET_FLAGS[flag]
+        environ[env] = "\n".join(filter(None, [environ.get(env, ""), *values]))
+        alternative = "--auth-file FILE" if flag == "--auth" else "--api-key-file FILE"
+        warnings.append(f"fitchat: warning: {flag} on the command line is readable by every user of this machine "
+                        f"(ps); use {alternative} or the {env} environment variable. FitChat restarts itself "
+                        "now without it on the command line.")
+    return rest, warnings
+
+
+def _from_environment(environ, name: str, parse, flag: str):
+    text = environ.get(name, "")
+    if not text.strip():
+        return None
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise UsageError(f"{name}: {exc}") from None
+
+
+def settings_from_args(argv: list[str], environ=None) -> AppSettings:
     from services.gguf_file import read_header
     from services.paths import default_data_dir
 
+    environ = os.environ if environ is None else environ
     parser, load_names = build_parser()
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
@@ -73,6 +100,10 @@ def settings_from_args(argv: list[str]) -> AppSettings:
             users, file_admins = parse_file(path, flag, parse_auth_file)
             auth.extend(users)
             admins.extend(file_admins)
+    from_env = _from_environment(environ, "FITCHAT_AUTH", parse_auth_file, "--auth")
+    if from_env:
+        auth.extend(from_env[0])
+        admins.extend(from_env[1])
     if args.login_file_once:
         args.login_file_once.unlink(missing_ok=True)  # read once: its password stays nowhere on disk
     names = [user for user, _ in auth]
@@ -86,6 +117,7 @@ def settings_from_args(argv: list[str]) -> AppSettings:
     api_keys = list(args.api_key or [])
     if args.api_key_file:
         api_keys.extend(parse_file(args.api_key_file, "--api-key-file", parse_api_keys))
+    api_keys.extend(_from_environment(environ, "FITCHAT_API_KEY", parse_api_keys, "--api-key") or ())
     try:
         parse_api_keys("\n".join(api_keys))
     except ValueError as exc:
@@ -113,7 +145,7 @@ def settings_from_args(argv: list[str]) -> AppSettings:
         cli_model=args.model.expanduser() if args.model else None,
         load_options=options_from_args(LoadOptions, args, load_names), auth=tuple(auth), admins=tuple(admins),
         api_keys=tuple(api_keys), insecure_no_auth=args.insecure_no_auth, share=args.share,
-        load_default_model=not args.no_default_model, argv=tuple(argv), remote=remote,
+        load_default_model=not args.no_default_model, argv=tuple(split_secret_flags(argv)[0]), remote=remote,
     )
     if args.share and not settings.auth:
         raise UsageError("--share makes a public link: it needs --auth or --auth-file (--insecure-no-auth "
@@ -140,6 +172,16 @@ def parse_file(path: Path, flag: str, parse):
 
 def run(argv: list[str]) -> int:
     started = time.monotonic()
+    if split_secret_flags(argv)[1]:
+        if not any(a.split("=", 1)[0] == "--login-file-once" for a in argv):
+            settings_from_args(argv)  # a bad value is reported now, as the flag the user typed
+        rest, warnings = move_secrets_to_environment(argv)
+        for line in warnings:
+            print(line, file=sys.stderr, flush=True)
+        from services.paths import project_root
+
+        # Same process (PID, terminal), new command line: the secrets leave `ps` at once.
+        os.execv(sys.executable, [sys.executable, str(project_root() / "app.py"), *rest])
     settings = settings_from_args(argv)
     from services.network import port_is_free
 

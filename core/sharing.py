@@ -56,3 +56,23 @@ def restart_argv(argv: list[str], share: bool, login_file: Optional[str] = None,
         out += kept_login_args
     return out
 
+
+
+# Secrets that must not stay on a command line (``ps`` shows it to every local user), and the
+# environment variables that carry them instead (readable by the same user only).
+SECRET_FLAGS = {"--auth": "FITCHAT_AUTH", "--api-key": "FITCHAT_API_KEY"}
+
+
+def split_secret_flags(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``argv`` without ``--auth``/``--api-key`` and their values, and those values by flag."""
+    others, matched = _partition(argv, {flag: True for flag in SECRET_FLAGS})
+    found: dict[str, list[str]] = {}
+    i = 0
+    while i < len(matched):
+        name, eq, value = matched[i].partition("=")
+        if not eq:
+            i += 1
+            value = matched[i] if i < len(matched) else ""
+        found.setdefault(name, []).append(value)
+        i += 1
+    return others, found
