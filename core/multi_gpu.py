@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 from bisect import bisect_right
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, Optional, Sequence
 
 from core.hardware import Hardware, gpu_summary, pcie_bytes_per_s
@@ -64,6 +65,11 @@ def _f32(x: float) -> float:
 def layer_devices(n_layer: int, n_gpu_layers: int, weights: Sequence[float]) -> tuple[int, ...]:
     """The GPU (position in ``weights``) of each block and, last, of the output head; -1 = CPU.
     llama.cpp's rule, in float32 as it computes it."""
+    return _layer_devices(n_layer, n_gpu_layers, tuple(float(w) for w in weights))
+
+
+@lru_cache(maxsize=4096)
+def _layer_devices(n_layer: int, n_gpu_layers: int, weights: tuple[float, ...]) -> tuple[int, ...]:
     n_dev = len(weights)
     total, cumulative = 0.0, []
     for w in weights:

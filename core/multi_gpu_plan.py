@@ -83,11 +83,18 @@ def _fastest_first(total: int, shape: ModelShape, hw: Hardware, usable: Sequence
 
 def _repair(shape: ModelShape, hw: Hardware, ngl: int, counts: list[int], mode: str, ev) -> Optional[Plan]:
     """Move layers off GPUs over their budget onto the GPU with the most room until all fit."""
+    per_layer = max(1, max(shape.block_bytes, default=1))
+    seen: set[tuple[int, ...]] = set()
     for _ in range(ngl + 1):
+        if tuple(counts) in seen:
+            return None  # going round in circles: no split of this many layers fits
+        seen.add(tuple(counts))
         plan = ev(Split(mode, tuple(float(c) for c in counts)))
         if _fits(plan):
             return plan
         spare = {d.index: d.usable_bytes - d.memory.total for d in plan.devices}
+        if sum(spare.values()) < 0 and all(counts[g] > 0 for g in spare):
+            return None  # more than all the GPUs hold together
         over = [g for g, s in spare.items() if s < 0 and counts[g] > 0]
         if not over or any(s < 0 and counts[g] == 0 for g, s in spare.items()):
             return None  # a GPU with no layer is still full (context, compute): no split helps
@@ -95,8 +102,10 @@ def _repair(shape: ModelShape, hw: Hardware, ngl: int, counts: list[int], mode: 
         dst = max((g for g in spare if g != src), key=lambda g: spare[g], default=None)
         if dst is None or spare[dst] <= 0:
             return None
-        counts[src] -= 1
-        counts[dst] += 1
+        # as many layers as the overflow needs, as far as the other GPU has room (at least one)
+        step = max(1, min(-(-(-spare[src]) // per_layer), counts[src], spare[dst] // per_layer))
+        counts[src] -= step
+        counts[dst] += step
     return None
 
 
@@ -154,35 +163,57 @@ def fastest_split(shape: ModelShape, hw: Hardware, n_ctx: int, kv_type: str, fla
         weights = tuple(weights) + (0.0,) * (len(hw.gpus) - len(weights))  # llama.cpp reads zeros for the rest
     modes = ("layer", "none", "row") if mode == "auto" else (mode,)
     n_all = shape.n_layer + 1
-    layer_options = [n_gpu_layers if n_gpu_layers >= 0 else n_all] if n_gpu_layers is not None else \
-        list(range(n_all, 0, -1))
-    last: Optional[Plan] = None
-    room = sum(max(g.free_bytes - cal.vram_margin_bytes - cal.gpu_overhead_bytes, 0) for g in hw.gpus)
-    for ngl in layer_options:
-        if n_gpu_layers is None and _least_bytes(shape, ngl, n_ctx, kv_type) > room:
-            continue  # more than all the GPUs hold together, however split
+
+    def attempt(ngl: int) -> Optional[Plan]:
         if weights is not None:
             split = Split("none" if mode == "none" else (mode if mode != "auto" else "layer"), tuple(weights),
                           main_gpu or 0)
             plan = evaluate_split(shape, hw, ngl, n_ctx, split, kv_type, flash_attn, n_ubatch, cal)
-            if _fits(plan):
-                return _explain(plan, [("as asked", plan)], "as asked", hw)
-            last = last or plan
-            continue
+            return _explain(plan, [("as asked", plan)], "as asked", hw) if _fits(plan) else None
         chosen = _choose(_candidates(shape, hw, ngl, n_ctx, kv_type, flash_attn, n_ubatch, cal, modes, main_gpu),
                          auto=mode == "auto")
-        if chosen is not None:
-            label, plan, found = chosen
-            return _explain(plan, found, label, hw)
-        if last is None:
-            last = evaluate_split(shape, hw, ngl, n_ctx, Split("layer" if mode in ("auto", "layer") else mode,
-                                                               tuple(_proportional(ngl, [g.free_bytes for g in hw.gpus])),
-                                                               main_gpu or 0),
-                                  kv_type, flash_attn, n_ubatch, cal)
+        return _explain(chosen[1], chosen[2], chosen[0], hw) if chosen is not None else None
+
+    def failure(ngl: int) -> Plan:
+        """Why the most favourable configuration does not fit (its reasons name each GPU)."""
+        split = (Split("none" if mode == "none" else (mode if mode != "auto" else "layer"), tuple(weights), main_gpu or 0)
+                 if weights is not None else
+                 Split("layer" if mode in ("auto", "layer") else mode,
+                       tuple(_proportional(ngl, [g.free_bytes for g in hw.gpus])), main_gpu or 0))
+        return evaluate_split(shape, hw, ngl, n_ctx, split, kv_type, flash_attn, n_ubatch, cal)
+
+    if n_gpu_layers is not None:
+        ngl = n_gpu_layers if n_gpu_layers >= 0 else n_all
+        found = attempt(ngl) if ngl > 0 else None
+        if found is not None:
+            return found
+        if ngl > 0:
+            return failure(ngl)
+    else:
+        # More GPU layers are faster and need more memory: binary-search the most that fit, over the
+        # counts that all the GPUs together could hold at all.
+        room = sum(max(g.free_bytes - cal.vram_margin_bytes - cal.gpu_overhead_bytes, 0) for g in hw.gpus)
+        options = [n for n in range(n_all, 0, -1) if _least_bytes(shape, n, n_ctx, kv_type) <= room]
+        tried: dict[int, Optional[Plan]] = {}
+
+        def ok(i: int) -> Optional[Plan]:
+            if i not in tried:
+                tried[i] = attempt(options[i])
+            return tried[i]
+
+        lo, hi = 0, len(options)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ok(mid) is not None:
+                hi = mid
+            else:
+                lo = mid + 1
+        if hi < len(options):
+            return ok(hi)
     cpu = evaluate_split(shape, hw, 0, n_ctx, Split("layer", (1.0,) * len(hw.gpus)), kv_type, flash_attn, n_ubatch, cal)
     if _fits(cpu) and n_gpu_layers in (None, 0):
         return cpu
-    return last if last is not None else cpu
+    return failure(n_all) if n_gpu_layers is None else cpu
 
 
 def _least_bytes(shape: ModelShape, ngl: int, n_ctx: int, kv_type: str) -> int:
