@@ -72,8 +72,9 @@ def launch(settings: AppSettings, started: float) -> int:
     from starlette.middleware import Middleware
 
     from api import openai_routes
+    from cli.browser_id import BrowserId
     from cli.login_guard import LoginGuard, SharedThrottle
-    from cli.origin_guard import OriginGuard
+    from cli.origin_guard import OriginGuard, served_host_names
     from ui import CSS, PAGE_JS, build_app
 
     ctx = make_context(settings)
@@ -93,10 +94,14 @@ def launch(settings: AppSettings, started: float) -> int:
               + "!" * 78 + "\n", flush=True)
     # Outermost check of every request (the /v1 routes too): cross-site requests and, bound to
     # loopback, foreign Host names (DNS rebinding) are refused before Gradio sees them.
-    guard = Middleware(OriginGuard, loopback_only=not settings.listens_beyond_loopback)
+    guard = Middleware(OriginGuard, loopback_only=not settings.listens_beyond_loopback,
+                       allowed_hosts=None if settings.share or not settings.listens_beyond_loopback
+                       else served_host_names(settings.allowed_hosts))
     # Password and API-key guessing is slowed per address and user name (issue 13).
     throttle = SharedThrottle()
     middleware = [guard] + ([Middleware(LoginGuard, throttle=throttle)] if auth else [])
+    # Without logins on the network, each browser gets its own chats (a cookie), not one shared chat.
+    middleware.append(Middleware(BrowserId, active=settings.listens_beyond_loopback and not auth))
     _, local_url, share_url = app.launch(
         server_name=settings.host, server_port=settings.port, auth=auth,
         auth_message="FitChat: log in" if auth else None, prevent_thread_lock=True,

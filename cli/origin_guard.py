@@ -8,7 +8,9 @@ sandboxed page, ``Origin: null``) still runs; the browser merely hides the answe
   compare of host and port with the ``Host`` header); clients that are not browsers send no
   ``Origin`` and pass;
 * bound to loopback, the ``Host`` must be a loopback name (``127.0.0.1``, ``localhost``, ``::1``):
-  a DNS-rebinding page (``evil.example`` resolved to 127.0.0.1) is same-origin to the browser.
+  a DNS-rebinding page (``evil.example`` resolved to 127.0.0.1) is same-origin to the browser;
+* serving the network, the ``Host`` must be a loopback name, one of this machine's addresses or
+  names, or a name given with ``--allowed-host`` (the same rebinding attack works off loopback).
 """
 from __future__ import annotations
 
@@ -54,9 +56,11 @@ class OriginGuard:
     """ASGI middleware: 403 for a foreign ``Origin``; with ``loopback_only``, also for a ``Host``
     that is not a loopback name."""
 
-    def __init__(self, app, loopback_only: bool) -> None:
+    def __init__(self, app, loopback_only: bool, allowed_hosts: Optional[frozenset] = None) -> None:
         self.app = app
         self.loopback_only = loopback_only
+        # Serving the network: the Host names this app answers to (None: any, e.g. behind --share).
+        self.allowed_hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
 
     def problem(self, headers: Headers) -> Optional[str]:
         host = headers.get("host", "")
@@ -64,6 +68,12 @@ class OriginGuard:
             parsed = _host_and_port(host, None)
             if parsed is None or not is_loopback_name(parsed[0]):
                 return "This app serves only this machine: open it at http://127.0.0.1 (Host not allowed)."
+        elif self.allowed_hosts is not None:
+            parsed = _host_and_port(host, None)
+            name = parsed[0].strip("[]") if parsed else ""
+            if not (name and (is_loopback_name(name) or name in self.allowed_hosts)):
+                return ("Host not allowed: open FitChat at this machine's address, or start it with "
+                        "--allowed-host NAME to serve it under another name.")
         origin = headers.get("origin")
         if origin is not None and not same_origin(origin, host):
             return "Cross-site request refused (Origin does not match this server)."
@@ -79,3 +89,17 @@ class OriginGuard:
                     await PlainTextResponse(problem, status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def served_host_names(extra: tuple[str, ...] = ()) -> frozenset:
+    """The Host names an app serving the network answers to: this machine's addresses and names,
+    plus ``extra`` (``--allowed-host``)."""
+    import socket
+
+    from services.network import lan_addresses
+
+    names = {*lan_addresses(), *extra}
+    hostname = socket.gethostname()
+    if hostname:
+        names |= {hostname, f"{hostname}.local", socket.getfqdn()}
+    return frozenset(n.lower() for n in names if n)

@@ -30,6 +30,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     parser.add_argument("--api-key", action="append", metavar="KEY",
                         help="a key for the OpenAI-compatible API (/v1); needed when serving beyond this machine")
     parser.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    parser.add_argument("--allowed-host", action="append", metavar="NAME", default=[],
+                        help="with --listen: another Host name the app may be reached by (a DNS name, a proxy's "
+                             "name); its own addresses and host name are always allowed")
     parser.add_argument("--insecure-no-auth", action="store_true",
                         help="allow --listen without logins (anyone on the network can use the app)")
     parser.add_argument("--share", action="store_true",
@@ -145,7 +148,7 @@ def settings_from_args(argv: list[str], environ=None) -> AppSettings:
         cli_model=args.model.expanduser() if args.model else None,
         load_options=options_from_args(LoadOptions, args, load_names), auth=tuple(auth), admins=tuple(admins),
         api_keys=tuple(api_keys), insecure_no_auth=args.insecure_no_auth, share=args.share,
-        load_default_model=not args.no_default_model, argv=tuple(split_secret_flags(argv)[0]), remote=remote,
+        load_default_model=not args.no_default_model, allowed_hosts=tuple(_host_names(args.allowed_host)), argv=tuple(split_secret_flags(argv)[0]), remote=remote,
     )
     if args.share and not settings.auth:
         raise UsageError("--share makes a public link: it needs --auth or --auth-file (--insecure-no-auth "
@@ -159,6 +162,15 @@ def settings_from_args(argv: list[str], environ=None) -> AppSettings:
         except GGUFError as exc:
             raise UsageError(f"--model: {exc}") from None
     return settings
+
+
+def _host_names(values: list[str]) -> list[str]:
+    import re
+
+    for value in values:
+        if not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]{1,253}", value):
+            raise UsageError(f"--allowed-host {value[:80]!r}: give a host name or address, without scheme or port")
+    return [v.lower() for v in values]
 
 
 def parse_file(path: Path, flag: str, parse):

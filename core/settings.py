@@ -26,6 +26,7 @@ class AppSettings:
     share: bool = False
     load_default_model: bool = True
     argv: tuple[str, ...] = ()      # the command line it was started with (to restart with changes)
+    allowed_hosts: tuple[str, ...] = ()  # --allowed-host: more Host names when serving the network
     # --remote: (core.remote.RemoteEndpoint, model id or "" for the first listed); the key is kept out of repr
     remote: Optional[tuple] = field(default=None, repr=False)
 

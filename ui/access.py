@@ -9,7 +9,15 @@ from ui.context import AppContext
 
 
 def username(request: Optional[gr.Request]) -> Optional[str]:
-    return getattr(request, "username", None) if request is not None else None
+    """The login name. Serving the network without logins, a per-browser id instead (set by
+    ``cli.browser_id`` only in that mode), so each browser keeps its own chats."""
+    if request is None:
+        return None
+    name = getattr(request, "username", None)
+    if name:
+        return name
+    headers = getattr(request, "headers", None) or {}
+    return headers.get("x-fitchat-browser") or None
 
 
 def require_admin(ctx: AppContext, request: Optional[gr.Request], action: str) -> None:
