@@ -162,3 +162,22 @@ def test_plan_command_prints_every_gpu_and_takes_the_split(tmp_path, capsys):
     assert "tensor_split 3,1" in out
     with pytest.raises(UsageError, match="3 entries but this machine has 2 GPUs"):
         run([str(path), "--profile", "2x-rtx3090-24g", "--tensor-split", "1,1,1"])
+
+
+def test_a_preset_fixes_the_split_and_its_plan_keeps_it():
+    from core.preset_plans import plan_preset
+    from core.presets import parse_preset
+    from services.yaml_files import load_data_file
+
+    root = Path(__file__).resolve().parent.parent
+    data = load_data_file(root / "presets" / "llama31-8b-instruct-q4_k_m.yaml")
+    data["load"] = {**data["load"], "split_mode": "layer", "tensor_split": [3, 1]}
+    preset = parse_preset(data, "split.yaml")
+    ranked = plan_preset("split", preset, EQUAL_2, [], lambda *a: None)
+    assert ranked.plan is not None and ranked.plan.tensor_split == (3.0, 1.0)
+    assert [d.n_layers for d in ranked.plan.devices] == [25, 8]
+    data["load"]["tensor_split"] = [1, 1, 1]
+    ranked = plan_preset("split", parse_preset(data, "split.yaml"), EQUAL_2, [], lambda *a: None)
+    assert ranked.plan is None and "3 entries but this machine has 2 GPUs" in ranked.problem
+    with pytest.raises(ValueError, match="tensor_split"):
+        parse_preset({**data, "load": {**data["load"], "tensor_split": [0, 0]}}, "bad.yaml")
