@@ -76,3 +76,45 @@ def split_secret_flags(argv: list[str]) -> tuple[list[str], dict[str, list[str]]
         found.setdefault(name, []).append(value)
         i += 1
     return others, found
+
+
+class ShareConfirmation:
+    """A one-time code that a person at this machine reads from the app's terminal, so that no
+    other local process can turn a loopback-only app without logins (every caller is admin there)
+    into a network service with a login it chooses. Codes expire after ``ttl_s`` and after
+    ``max_tries`` wrong entries. The caller passes the clock and prints the code."""
+
+    ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+
+    def __init__(self, ttl_s: float = 300.0, max_tries: int = 3) -> None:
+        self.ttl_s = ttl_s
+        self.max_tries = max_tries
+        self._code: Optional[str] = None
+        self._issued = 0.0
+        self._tries = 0
+
+    def _valid(self, now: float) -> bool:
+        return self._code is not None and now - self._issued < self.ttl_s and self._tries < self.max_tries
+
+    def issue(self, now: float) -> Optional[str]:
+        """A new code to print, or None while the last one is still valid (it was printed already)."""
+        import secrets
+
+        if self._valid(now):
+            return None
+        raw = "".join(secrets.choice(self.ALPHABET) for _ in range(8))
+        self._code, self._issued, self._tries = f"{raw[:4]}-{raw[4:]}", now, 0
+        return self._code
+
+    def confirm(self, code: object, now: float) -> bool:
+        """Whether ``code`` is the valid code (then used up)."""
+        import hmac
+
+        if not isinstance(code, str) or not code.strip() or not self._valid(now):
+            return False
+        given = code.strip().upper().replace(" ", "")
+        if hmac.compare_digest(given.encode(), self._code.encode()):
+            self._code = None
+            return True
+        self._tries += 1
+        return False

@@ -4,6 +4,7 @@ machine only no login is asked and the network address no longer answers. 127.0.
 for the LAN address (loopback, as all test traffic must be, but not the 127.0.0.1 bound by default)."""
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -47,6 +48,10 @@ def test_share_on_the_network_from_the_browser_then_stop(tmp_path, chromium):
         page.click("#share-accordion")
         page.fill("#share-user input", "alice")
         page.fill("#share-password input", PASSWORD)
+        page.click("#share-start")
+        # Without logins a person confirms with the code printed in the terminal (issue 13).
+        code = wait_for(lambda: re.search(r"code on the app page: (\S+)", app.output()), 10, "the code").group(1)
+        page.fill("#share-code input", code)
         page.click("#share-start")
         page.wait_for_selector("text=Restarting on your network", timeout=10000)
         # The page reloads by itself once the new server answers: to Gradio's login page.

@@ -56,13 +56,66 @@ def test_start_sharing_writes_a_private_one_time_login_and_restarts_with_it(ctx,
     from ui.share_panel import start_sharing
 
     restarts = []
-    message = start_sharing(ctx, _Request(), " alice ", "correct-horse-9", lambda argv, before: restarts.append(argv))
+    message = _start_confirmed(ctx, " alice ", "correct-horse-9", lambda argv, before: restarts.append(argv))
     assert "Restarting on your network" in message
     (argv,) = restarts
     assert argv[:3] == ["--ctx", "2048", "--listen"] and argv[3] == "--login-file-once"
     login = tmp_path / argv[4].rsplit("/", 1)[1]
     assert login.read_text() == "alice:correct-horse-9:admin\n"
     assert stat.S_IMODE(login.stat().st_mode) == 0o600
+
+
+def _start_confirmed(ctx, user, password, restart):
+    """Press Share, read the code the terminal shows, press Share again with it."""
+    import contextlib
+    import io
+    import re
+
+    import gradio as gr
+
+    from ui.share_panel import start_sharing
+
+    terminal = io.StringIO()
+    with contextlib.redirect_stdout(terminal), pytest.raises(gr.Error, match="code printed in the terminal"):
+        start_sharing(ctx, _Request(), user, password, lambda *a: pytest.fail("restarted without a code"))
+    code = re.search(r"code on the app page: ([A-Z0-9]{4}-[A-Z0-9]{4})", terminal.getvalue()).group(1)
+    return start_sharing(ctx, _Request(), user, password, restart, code.lower())
+
+
+def test_sharing_without_logins_needs_the_code_from_the_terminal(ctx, tmp_path, capsys):
+    import re
+
+    import gradio as gr
+
+    from ui.share_panel import start_sharing
+
+    def never(*a):
+        pytest.fail("restarted")
+
+    # A bare API call, as any local process could make: refused, and a code goes to the terminal.
+    with pytest.raises(gr.Error, match="code printed in the terminal"):
+        start_sharing(ctx, _Request(), "mallory", "chosen-by-mallory", never)
+    code = re.search(r"app page: (\S+)", capsys.readouterr().out).group(1)
+    with pytest.raises(gr.Error, match="code printed"):  # a guess is no code; the printed one stays
+        start_sharing(ctx, _Request(), "mallory", "chosen-by-mallory", never, "AAAA-AAAA")
+    assert "app page" not in capsys.readouterr().out
+    for guess in ("BBBB-BBBB", "CCCC-CCCC"):  # three wrong entries use the code up
+        with pytest.raises(gr.Error):
+            start_sharing(ctx, _Request(), "mallory", "chosen-by-mallory", never, guess)
+    with pytest.raises(gr.Error):
+        start_sharing(ctx, _Request(), "mallory", "chosen-by-mallory", never, code)
+    assert not list(tmp_path.glob(".login-once-*"))
+
+
+def test_share_confirmation_expires():
+    from core.sharing import ShareConfirmation
+
+    confirmation = ShareConfirmation(ttl_s=300)
+    code = confirmation.issue(0.0)
+    assert confirmation.issue(10.0) is None  # still valid: not printed again
+    assert not confirmation.confirm(code, 301.0)
+    fresh = confirmation.issue(301.0)
+    assert fresh and fresh != code and confirmation.confirm(fresh, 302.0) and not confirmation.confirm(fresh, 303.0)
 
 
 @pytest.mark.parametrize("user,password,message", [

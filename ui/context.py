@@ -10,6 +10,7 @@ from backends.manager import ModelManager
 from core.model_catalog import ModelCatalog
 from core.plan import Plan
 from core.settings import AppSettings
+from core.sharing import ShareConfirmation
 
 
 class CancelRegistry:
@@ -89,6 +90,8 @@ class AppContext:
     # The one planning object (services.planning.Planning): this machine, its calibration and model
     # facts, shared with the model manager's planner. Made from ``hardware`` when not given.
     planning: Optional[Any] = None
+    # Turning sharing on without logins needs a code printed in the app's terminal (issue 13).
+    share_confirmation: ShareConfirmation = field(default_factory=ShareConfirmation)
 
     def __post_init__(self) -> None:
         if self.planning is None and self.hardware is not None:

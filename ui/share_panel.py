@@ -66,9 +66,25 @@ def _refuse_while_busy(ctx: AppContext) -> None:
         raise gr.Error("A reply is being generated; restarting now would cut it off. Try again when it ends.")
 
 
+def _confirmed_at_this_machine(ctx: AppContext, code: Any) -> None:
+    """Without logins every caller is admin, so a bare API call from any local process could share
+    the app: a person confirms with a code printed in the terminal where FitChat runs."""
+    import time
+
+    confirmation = ctx.share_confirmation
+    if confirmation.confirm(code, time.monotonic()):
+        return
+    fresh = confirmation.issue(time.monotonic())
+    if fresh:
+        print(f"\nFitChat: a request to share this app on your network is waiting. If it was you, enter this "
+              f"code on the app page: {fresh}\n(valid 5 minutes; if it was not you, ignore it.)\n", flush=True)
+    raise gr.Error("To confirm, enter the code printed in the terminal where FitChat runs, then press Share again.")
+
+
 def start_sharing(ctx: AppContext, request: Optional[gr.Request], user: Any, password: Any,
-                  restart: Restart) -> str:
-    """Restart on the network. An app without logins gets this admin login first."""
+                  restart: Restart, code: Any = None) -> str:
+    """Restart on the network. An app without logins gets this admin login first, confirmed with
+    the code printed in the terminal."""
     require_admin(ctx, request, "share FitChat on the network")
     if ctx.settings.listens_beyond_loopback:
         raise gr.Error("FitChat is already shared on the network.")
@@ -81,6 +97,7 @@ def start_sharing(ctx: AppContext, request: Optional[gr.Request], user: Any, pas
             user, password = parse_auth_pair(f"{user.strip()}:{password}")
         except ValueError as exc:
             raise gr.Error(f"Admin login: {exc}.") from None
+        _confirmed_at_this_machine(ctx, code)
         from services.restart import write_login_file
 
         login_file = str(write_login_file(ctx.settings.data_dir, user, password))
@@ -117,12 +134,14 @@ def build(ctx: AppContext, restart: Optional[Restart] = None) -> None:
                         + ("." if ctx.settings.auth else ": choose the admin login here (8+ characters)."))
             fields = [] if ctx.settings.auth else [
                 gr.Textbox(label="Admin user name", elem_id="share-user", max_lines=1),
-                gr.Textbox(label="Admin password", type="password", elem_id="share-password", max_lines=1)]
+                gr.Textbox(label="Admin password", type="password", elem_id="share-password", max_lines=1),
+                gr.Textbox(label="Confirmation code (printed in the terminal when you press Share)",
+                           elem_id="share-code", max_lines=1)]
             button = gr.Button("Share on my network (restarts FitChat)", elem_id="share-start", size="sm")
         note = gr.Markdown(elem_id="share-note")
 
-    def on_start(request: gr.Request, user=None, password=None):
-        return start_sharing(ctx, request, user, password, restart)
+    def on_start(request: gr.Request, user=None, password=None, code=None):
+        return start_sharing(ctx, request, user, password, restart, code)
 
     def on_stop(request: gr.Request):
         return stop_sharing(ctx, request, restart)
