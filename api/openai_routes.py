@@ -16,7 +16,8 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from backends.base import BackendError, ChatStream, NotLoadedError, PromptTooLongError, TemplateError
+from backends.base import (BackendError, ChatStream, NotLoadedError, PromptTooLongError, TemplateError,
+                           UnsupportedRequestError)
 from backends.turns import BusyError
 from core.openai_schema import (ApiRequestError, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_response,
                                 completion_response, error_body, new_id, parse_request, usage, FINISH)
@@ -46,7 +47,7 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", heade
 
 def _backend_error(exc: BackendError) -> JSONResponse:
     """Errors that are the request's fault (longer than the context, refused by the template) are 400s."""
-    if isinstance(exc, (PromptTooLongError, TemplateError)):
+    if isinstance(exc, (PromptTooLongError, TemplateError, UnsupportedRequestError)):
         return _error(400, str(exc))
     return _error(500, str(exc), "server_error")
 
@@ -127,6 +128,10 @@ def install(app: FastAPI, manager, settings: ApiSettings) -> None:
             sampling = body.sampling()
         except ApiRequestError as exc:
             return _error(413 if isinstance(exc, _BodyTooLarge) else 400, str(exc))
+        loaded = model_name()
+        if body.model and loaded and body.model != loaded:
+            return _error(404, f"The model {body.model!r} does not exist here; the loaded model is {loaded!r} "
+                               "(or leave model empty).")
         cancel = threading.Event()
         try:
             stream = await _while_connected(request, cancel, lambda: start(body, sampling, cancel))
@@ -140,7 +145,15 @@ def install(app: FastAPI, manager, settings: ApiSettings) -> None:
             return _error(400, str(exc))
         request_id, model = new_id("chatcmpl" if shape == "chat" else "cmpl"), model_name()
         if body.stream:
-            return StreamingResponse(_stream(request, stream, cancel, request_id, model, shape, body.include_usage),
+            # The first piece is read before the headers go out, so a request the backend refuses at
+            # its start (a bad grammar, a prompt longer than the context) is a plain HTTP error.
+            try:
+                first = await _while_connected(request, cancel, lambda: next(stream, None))
+            except BackendError as exc:
+                await anyio.to_thread.run_sync(stream.close)
+                return _backend_error(exc)
+            return StreamingResponse(_stream(request, stream, cancel, request_id, model, shape, body.include_usage,
+                                             first),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             text = await _collect(request, stream, cancel)
@@ -200,8 +213,9 @@ async def _collect(request: Request, stream: ChatStream, cancel: threading.Event
 
 
 async def _stream(request: Request, stream: ChatStream, cancel: threading.Event, request_id: str, model: str,
-                  shape: str, include_usage: bool) -> AsyncIterator[bytes]:
+                  shape: str, include_usage: bool, first: Optional[str] = None) -> AsyncIterator[bytes]:
     done = object()
+    pending = first
     try:
         if shape == "chat":
             yield _sse(chat_chunk(request_id, model, {"role": "assistant", "content": ""}))
@@ -210,7 +224,10 @@ async def _stream(request: Request, stream: ChatStream, cancel: threading.Event,
                 cancel.set()
                 break
             try:
-                delta = await anyio.to_thread.run_sync(lambda: next(stream, done))
+                if pending is not None:
+                    delta, pending = pending, None
+                else:
+                    delta = await anyio.to_thread.run_sync(lambda: next(stream, done))
             except BackendError as exc:
                 yield _sse(error_body(str(exc), "server_error"))
                 break

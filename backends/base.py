@@ -52,9 +52,25 @@ class QualityRunError(BackendError):
     kind = "quality"
 
 
+class UnsupportedRequestError(BackendError):
+    """Sampling this backend cannot honour (a grammar, a JSON schema, penalties): the request's fault."""
+    kind = "unsupported"
+
+
+def refuse_unsupported_sampling(params: SamplingOptions, backend: str) -> None:
+    """For backends without llama.cpp's grammar and penalties samplers: say so instead of ignoring them."""
+    asked = [name for name, on in (("a grammar", bool(params.grammar.strip())),
+                                    ("a JSON schema (response_format)", bool(params.json_schema.strip())),
+                                    ("presence_penalty", bool(params.presence_penalty)),
+                                    ("frequency_penalty", bool(params.frequency_penalty))) if on]
+    if asked:
+        raise UnsupportedRequestError(f"{' and '.join(asked)} cannot be honoured by {backend}; "
+                                      "load a GGUF model (llama.cpp) for them.")
+
+
 ERROR_KINDS = {cls.kind: cls for cls in
                (BackendError, ModelLoadError, TemplateError, PromptTooLongError, WorkerCrashed, NotLoadedError,
-                OutOfMemoryError, QualityRunError)}
+                OutOfMemoryError, QualityRunError, UnsupportedRequestError)}
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,8 @@ class LlamaCppEngine:
         tokens = self.tokenize_prompt(messages)
         progress.prompt_tokens = len(tokens)
         check_prompt_fits(len(tokens), progress.n_ctx)
-        reply = Reply(tokens, params, self._template.stop, cancel, progress, SamplerChain(params, self._n_vocab))
+        sampler = SamplerChain(params, self._n_vocab, self._vocab)  # a bad grammar is refused here
+        reply = Reply(tokens, params, self._template.stop, cancel, progress, sampler)
         loop.submit(reply)
         try:
             while True:

@@ -277,6 +277,13 @@ def request_body(model: str, messages: list[dict] | str, params: SamplingOptions
         body["seed"] = params.seed
     if params.stop:
         body["stop"] = list(params.stop)
+    if params.presence_penalty or params.frequency_penalty:
+        body["presence_penalty"], body["frequency_penalty"] = params.presence_penalty, params.frequency_penalty
+    if params.json_schema.strip():
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "reply", "schema": json.loads(params.json_schema)}}
+    if params.grammar.strip():
+        body["grammar"] = params.grammar  # llama.cpp's server and vLLM take a GBNF grammar under this name
     return body
 
 

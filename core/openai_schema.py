@@ -2,10 +2,13 @@
 
 Requests are validated with the same ranges as the UI (``SamplingOptions``); fields OpenAI clients
 commonly send but FitChat cannot honour (``n`` > 1, tools, logprobs) are refused with a message,
-harmless ones (``user``, ``stream_options``, penalties of 0) accepted.
+harmless ones (``user``, ``stream_options``) accepted. ``presence_penalty``/``frequency_penalty``,
+``response_format`` (json_object, json_schema) and llama.cpp's ``grammar`` become sampling options;
+a backend that cannot honour them refuses the request (HTTP 400).
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
@@ -14,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.chat_history import MAX_MESSAGE_CHARS, MAX_MESSAGES, content_text
 from core.generation import GenerationStats
-from core.options import SamplingOptions, describe_validation_error
+from core.options import MAX_GRAMMAR_CHARS, SamplingOptions, describe_validation_error
 
 
 class ApiRequestError(ValueError):
@@ -34,14 +37,39 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: Optional[dict[str, Any]] = None
     n: int = Field(1, ge=1, le=1)
-    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported: must be 0")
-    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported: must be 0")
+    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
+    response_format: Optional[dict[str, Any]] = None
+    grammar: Optional[str] = Field(None, max_length=MAX_GRAMMAR_CHARS)  # llama.cpp server's extension
     logprobs: Optional[bool] = Field(None, description="not supported")
     tools: Optional[list] = Field(None, max_length=0, description="not supported")
     # FitChat extensions, same names as its own options
     top_k: Optional[int] = Field(None, ge=0, le=1000)
     min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
     repeat_penalty: Optional[float] = Field(None, ge=0.5, le=2.0)
+
+    @field_validator("response_format")
+    @classmethod
+    def _known_format(cls, value: Optional[dict]) -> Optional[dict]:
+        if value is None:
+            return value
+        kind = value.get("type")
+        if kind not in ("text", "json_object", "json_schema"):
+            raise ValueError("response_format.type must be text, json_object or json_schema")
+        if kind == "json_schema":
+            spec = value.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise ValueError("response_format json_schema needs json_schema.schema, a JSON Schema object")
+        return value
+
+    def json_schema(self) -> Optional[str]:
+        """The JSON Schema the reply must match, as text (json_object: any JSON object)."""
+        kind = (self.response_format or {}).get("type")
+        if kind == "json_object":
+            return json.dumps({"type": "object"})
+        if kind == "json_schema":
+            return json.dumps(self.response_format["json_schema"]["schema"])
+        return None
 
     @field_validator("logprobs")
     @classmethod
@@ -58,6 +86,8 @@ class _Request(BaseModel):
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         values = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
                   "repeat_penalty": self.repeat_penalty, "seed": self.seed,
+                  "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                  "grammar": self.grammar, "json_schema": self.json_schema(),
                   "max_tokens": self.max_completion_tokens or self.max_tokens, "stop": stop}
         try:
             return SamplingOptions(**{k: v for k, v in values.items() if v is not None})

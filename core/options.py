@@ -5,6 +5,7 @@ Every field carries its range (``ge``/``le``) and a description. ``json_schema_e
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Literal, Optional
 
@@ -29,6 +30,7 @@ def parse_number_list(text: str, what: str = "tensor_split") -> tuple[float, ...
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 64
+MAX_GRAMMAR_CHARS = 32_000
 
 
 class _Options(BaseModel):
@@ -158,6 +160,16 @@ class SamplingOptions(_Options):
         description="Penalise recently used tokens (1 = off).",
         json_schema_extra={"step": 0.01},
     )
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, title="Presence penalty",
+        description="Penalise tokens that already appeared at all (0 = off; OpenAI's presence_penalty).",
+        json_schema_extra={"step": 0.05},
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, title="Frequency penalty",
+        description="Penalise tokens by how often they appeared (0 = off; OpenAI's frequency_penalty).",
+        json_schema_extra={"step": 0.05},
+    )
     max_tokens: int = Field(
         1024, ge=1, le=131072, title="Max new tokens",
         description="Longest reply in tokens; the reply also ends when the context is full.",
@@ -172,6 +184,33 @@ class SamplingOptions(_Options):
         (), title="Stop strings",
         description=f"Up to {MAX_STOP_STRINGS} strings that end the reply.",
     )
+
+    grammar: str = Field(
+        "", max_length=MAX_GRAMMAR_CHARS, title="Grammar (GBNF)",
+        description="Only replies this llama.cpp grammar accepts (empty = free text). llama.cpp models only.",
+    )
+    json_schema: str = Field(
+        "", max_length=MAX_GRAMMAR_CHARS, title="JSON schema",
+        description="Reply with JSON matching this JSON Schema (empty = free text). llama.cpp models only.",
+    )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parsed = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("a JSON Schema must be a JSON object")
+        return value
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> "SamplingOptions":
+        if self.grammar.strip() and self.json_schema.strip():
+            raise ValueError("give a grammar or a JSON schema, not both")
+        return self
 
     @field_validator("stop")
     @classmethod

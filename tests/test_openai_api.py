@@ -22,6 +22,9 @@ def app(tmp_path_factory):
     running.stop()
 
 
+MODEL = ""  # the loaded model's name is also accepted; any other name is a 404 (tests/test_openai_sampling.py)
+
+
 @pytest.fixture(scope="module")
 def client(app):
     return openai.OpenAI(base_url=app.url + "v1", api_key="unused-on-loopback")
@@ -33,7 +36,7 @@ def test_models_lists_the_loaded_model(client):
 
 
 def test_chat_completion_whole(client):
-    reply = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Say hi."}],
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}],
                                            max_tokens=12, temperature=0, seed=1)
     assert reply.choices[0].message.role == "assistant" and reply.choices[0].message.content
     assert reply.choices[0].finish_reason in ("stop", "length")
@@ -43,7 +46,7 @@ def test_chat_completion_whole(client):
 
 def test_chat_completion_streamed_with_usage(client):
     chunks = list(client.chat.completions.create(
-        model="any", messages=[{"role": "user", "content": "Count to five."}], max_tokens=24, stream=True,
+        model=MODEL, messages=[{"role": "user", "content": "Count to five."}], max_tokens=24, stream=True,
         stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
@@ -52,9 +55,9 @@ def test_chat_completion_streamed_with_usage(client):
 
 
 def test_text_completion(client):
-    reply = client.completions.create(model="any", prompt="The capital of France is", max_tokens=8, temperature=0)
+    reply = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
     assert reply.choices[0].text and reply.usage.prompt_tokens > 3
-    streamed = list(client.completions.create(model="any", prompt="One, two,", max_tokens=8, stream=True))
+    streamed = list(client.completions.create(model=MODEL, prompt="One, two,", max_tokens=8, stream=True))
     assert "".join(c.choices[0].text for c in streamed)
 
 
@@ -79,7 +82,7 @@ def test_disconnect_mid_stream_frees_the_model(app, client):
             if i > 6:
                 break
     # The next request is served at once: the abandoned generation stopped.
-    reply = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
                                            timeout=10)
     assert reply.choices[0].message.content is not None
 

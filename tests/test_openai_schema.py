@@ -29,7 +29,7 @@ def test_chat_request_maps_to_sampling_and_messages():
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 10 ** 9}, "max_tokens"),
     ({"messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
     ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
-    ({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 1.0}, "presence_penalty"),
+    ({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 2.5}, "presence_penalty"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "only text"),
     ({"messages": [{"role": "user", "content": "x"}], "stop": ["a"] * 9}, "stop"),
     ([1, 2], "JSON object"),

@@ -203,7 +203,7 @@ def test_fitchat_fronts_a_remote_engine_with_its_own_keys(server, tmp_path):
     try:
         status = app.wait_model_ready()
         assert status["status"] == "ready"
-        body = {"model": "x", "messages": STORY, "max_tokens": 8, "temperature": 0, "stream": True}
+        body = {"model": "", "messages": STORY, "max_tokens": 8, "temperature": 0, "stream": True}
         with httpx.stream("POST", app.url + "v1/chat/completions", json=body, timeout=60, trust_env=False,
                           headers={"Authorization": "Bearer front-key-0123456789"}) as response:
             assert response.status_code == 200

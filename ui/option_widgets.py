@@ -42,6 +42,8 @@ def build_widgets(model: type[BaseModel], values: BaseModel | None = None,
             widget = gr.Dropdown(choices=choices, value=default, **common)
         elif name == "stop":
             widget = gr.Textbox(value="\n".join(default or ()), lines=2, placeholder="one per line", **common)
+        elif annotation is str:
+            widget = gr.Textbox(value=default or "", lines=2, max_lines=12, **common)
         elif spec["empty"]:
             # Optional number: "auto"/"random" or a value. A Number box cannot be empty in Gradio.
             choices = [spec["empty"], *[str(v) for v in spec["suggest"]]]
