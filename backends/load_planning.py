@@ -92,7 +92,9 @@ class LoadPlanner:
         if info.worker_pid is None or info.worker_pid in self._learned:
             return None
         self._learned.add(info.worker_pid)
-        cuda = sum(b.mib for b in info.buffers if b.device.startswith("CUDA") and not b.device.endswith("_Host"))
+        # GPU 0's buffers only: NVML's figure below is GPU 0's (with several GPUs the others' buffers
+        # would make the overhead look negative or wrong)
+        cuda = sum(b.mib for b in info.buffers if b.device == "CUDA0")
         if not cuda:
             return None
         used = gpu_process_bytes(info.worker_pid)

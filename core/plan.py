@@ -104,6 +104,8 @@ def cpu_fallback_warning(plan: Plan, hw: Hardware) -> str:
                f"{holders[0].used_bytes / GIB:.1f} GiB)" if holders else "")
     too_little = ("too little even for llama.cpp's CUDA buffers, so the GPU is hidden from the model's worker"
                   if plan.extra.get("hide_gpus") else "too little for any layer")
+    others = "".join(f"; {g.name} (GPU{g.index}) has {g.free_bytes / GIB:.1f} of {g.total_bytes / GIB:.1f} GiB free"
+                     for g in hw.gpus[1:])
     return (f"Runs on the CPU only: {gpu.name} has {gpu.free_bytes / GIB:.1f} of {gpu.total_bytes / GIB:.1f} GiB "
-            f"free{held_by}, {too_little}; {speed}. Free GPU memory (the Resources tab lists who holds it) and "
-            "load again to use the GPU.")
+            f"free{held_by}{others}, {too_little}; {speed}. Free GPU memory (the Resources tab lists who holds it) "
+            "and load again to use the GPU.")

@@ -263,8 +263,11 @@ def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n
                 kv_placements: tuple[str, ...] = ("gpu",)) -> Optional[Plan]:
     if _several_gpus(hw):
         from core.multi_gpu_plan import SplitChoice, fastest_split
-        return _best([fastest_split(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal, gpu_split or SplitChoice())
+        best = _best([fastest_split(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal, gpu_split or SplitChoice())
                       for kv in kv_types])
+        if best is None:  # every GPU too full even for llama.cpp's CUDA buffers: hide them
+            best = _best([evaluate_gpu_hidden(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal) for kv in kv_types])
+        return best
     layer_options = range(shape.n_layer + 2) if hw.can_offload else (0,)
     plans = [evaluate(shape, hw, ngl, n_ctx, kv, flash_attn, n_ubatch, cal, kv_placement=placement)
              for kv in kv_types for ngl in layer_options for placement in kv_placements]

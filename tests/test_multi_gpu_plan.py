@@ -204,3 +204,13 @@ def test_fake_nvml_probe_of_two_gpus_feeds_the_planner(monkeypatch, shapes):
     assert plan.fit == "full_gpu" and _within_budget(plan)
     by = _layers(plan)
     assert by[0] > by.get(1, 0)  # GPU1 is mostly held by another process: it takes fewer layers
+
+
+def test_all_gpus_full_runs_on_the_cpu_with_them_hidden_and_says_so_for_each(shapes):
+    from core.plan import cpu_fallback_warning
+
+    full = machine(("GPU A", 8, 0.3, 300), ("GPU B", 8, 0.2, 300), ram=64)
+    plan = optimise(shapes["8b"], full, n_ctx=4096)
+    assert plan.fit == "cpu_only" and plan.extra.get("hide_gpus") and not plan.devices
+    warning = cpu_fallback_warning(plan, full)
+    assert "GPU A has 0.3 of 8.0 GiB free" in warning and "GPU B (GPU1) has 0.2 of 8.0 GiB free" in warning
