@@ -81,15 +81,20 @@ def _kv_choices(opts: LoadOptions) -> tuple[str, ...]:
 def _plan_llama_cpp(shape: ModelShape, hw: Hardware, cal: Calibration, opts: LoadOptions, goal: Goal) -> Plan:
     kv_types = _kv_choices(opts)
     split = split_choice(opts)
+    n_cpu_moe = opts.n_cpu_moe if shape.is_moe else 0
     if opts.n_gpu_layers is None:
         return optimise(shape, hw, goal=goal, n_ctx=opts.n_ctx, flash_attn=opts.flash_attn, n_ubatch=opts.n_batch,
-                        cal=cal, kv_types=kv_types, gpu_split=split, kv_placements=opts.kv_placements)
+                        cal=cal, kv_types=kv_types, gpu_split=split, kv_placements=opts.kv_placements,
+                        n_cpu_moe=n_cpu_moe)
     ctx = default_context(shape, opts.n_ctx)
     placement = "ram" if opts.kv_placement == "ram" else "gpu"
+    # Layers fixed, the rest automatic: the exact f16 cache when it fits, else the first smaller type
+    # that does; for an MoE model with experts automatic, the fewest expert layers in RAM that fit.
+    expert_options = (n_cpu_moe,) if n_cpu_moe is not None else range(shape.n_layer + 1)
     plans = [evaluate_as_asked(shape, hw, opts.n_gpu_layers, ctx, kv, opts.flash_attn, opts.n_batch, cal, goal=goal,
-                               gpu_split=split, kv_placement=placement) for kv in kv_types]
+                               gpu_split=split, kv_placement=placement, n_cpu_moe=n)
+             for kv in kv_types for n in expert_options]
     fitting = [p for p in plans if p.fit != "no_fit"]
-    # Layers fixed, KV type automatic: the exact f16 cache when it fits, else the first smaller one that does.
     return fitting[0] if fitting else plans[-1]
 
 
@@ -109,7 +114,7 @@ def applied_options(plan: Plan, options: Optional[AnyOptions] = None) -> AnyOpti
         return base.model_copy(update={"quantization": plan.quantization or base.quantization, "n_ctx": plan.n_ctx})
     base = options if isinstance(options, LoadOptions) else LoadOptions()
     return base.model_copy(update={"n_gpu_layers": plan.n_gpu_layers, "n_ctx": plan.n_ctx, "kv_type": plan.kv_type,
-                                   "flash_attn": plan.flash_attn, "kv_placement": plan.kv_placement,
+                                   "flash_attn": plan.flash_attn, "kv_placement": plan.kv_placement, "n_cpu_moe": plan.n_cpu_moe,
                                    **split_updates(plan)})
 
 
@@ -127,6 +132,6 @@ def same_placement(a: Plan, b: Plan) -> bool:
     """Two plans put the model in the same place: what ``badge = load`` compares."""
     keys = ("backend", "fit", "n_gpu_layers", "n_ctx", "kv_type", "flash_attn", "quantization", "kv_placement",
             "split_mode", "tensor_split", "main_gpu")
-    return (all(getattr(a, k) == getattr(b, k) for k in keys) and a.extra.get("n_cpu_moe", 0) == b.extra.get("n_cpu_moe", 0)
+    return (all(getattr(a, k) == getattr(b, k) for k in keys + ("n_cpu_moe",))
             and a.extra.get("hide_gpus", False) == b.extra.get("hide_gpus", False))
 

@@ -11,6 +11,9 @@ from typing import Any, Iterable, Optional
 from core.gguf_header import GGML_TYPES, ArraySummary, GGUFError, GGUFHeader
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
+# Routed expert tensors, as llama.cpp's --n-cpu-moe finds them (LLM_FFN_EXPS_REGEX): ffn_{up,down,gate}_exps
+# (also a fused gate_up, and the "chexps" of some models), weights and biases.
+_EXPERTS = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps\.")
 _SPLIT_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 # llama.cpp file types (general.file_type) -> the usual quantisation label
@@ -43,6 +46,27 @@ class ModelShape:
     file_bytes: int = 0
     n_params: int = 0
     sliding_window: int = 0         # 0 = no sliding-window layers
+    # Mixture of experts (all 0 / () for a dense model)
+    n_expert: int = 0               # routed experts per MoE layer
+    n_expert_used: int = 0          # experts each token is routed to
+    n_ff_exp: int = 0               # FFN length of one expert
+    n_expert_shared: int = 0        # shared experts (run for every token)
+    expert_bytes: tuple[int, ...] = ()  # per block: bytes of its routed expert tensors (ffn_*_exps)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_expert > 0 and any(self.expert_bytes)
+
+    def block_expert_bytes(self, layer: int) -> int:
+        return self.expert_bytes[layer] if layer < len(self.expert_bytes) else 0
+
+    def active_block_bytes(self, layer: int) -> float:
+        """Bytes of block ``layer`` one decoded token reads: all of it for a dense block; for an MoE
+        block the attention, router and shared experts plus the share of the routed experts it uses."""
+        experts = self.block_expert_bytes(layer)
+        if not experts or not self.n_expert:
+            return float(self.block_bytes[layer])
+        return self.block_bytes[layer] - experts + experts * self.n_expert_used / self.n_expert
 
     @property
     def weight_bytes(self) -> int:
@@ -61,6 +85,7 @@ class ModelShape:
         data = dict(data)
         data["n_head_kv"] = tuple(data["n_head_kv"])
         data["block_bytes"] = tuple(data["block_bytes"])
+        data["expert_bytes"] = tuple(data.get("expert_bytes", ()))
         return cls(**data)
 
 
@@ -120,6 +145,8 @@ def shape_from_headers(headers: Iterable[GGUFHeader], name: str = "", file_bytes
         len(tokens) if isinstance(tokens, list) else int(arch_key("vocab_size", 0) or 0))
 
     blocks = [0] * n_layer
+    experts = [0] * n_layer
+    expert_tensors: list = []
     token_embd = output = other = 0
     has_output = False
     n_params = 0
@@ -132,6 +159,9 @@ def shape_from_headers(headers: Iterable[GGUFHeader], name: str = "", file_bytes
                 if index >= n_layer:
                     raise GGUFError(f"tensor {t.name} belongs to block {index} but the model has {n_layer}")
                 blocks[index] += t.n_bytes
+                if _EXPERTS.search(t.name):
+                    experts[index] += t.n_bytes
+                    expert_tensors.append(t)
             elif t.name == "token_embd.weight":
                 token_embd += t.n_bytes
             elif t.name.startswith("output"):
@@ -145,6 +175,7 @@ def shape_from_headers(headers: Iterable[GGUFHeader], name: str = "", file_bytes
     file_type = meta.get("general.file_type")
     quant = FILE_TYPES.get(file_type, "") if isinstance(file_type, int) else ""
     swa = arch_key("attention.sliding_window", 0)
+    moe = _moe_facts(arch_key, arch, expert_tensors, n_layer)
     return ModelShape(
         name=name or str(meta.get("general.name", "")), architecture=arch, n_layer=n_layer, n_embd=n_embd,
         n_head=n_head, n_head_kv=n_head_kv, head_dim_k=int(head_dim_k), head_dim_v=int(head_dim_v),
@@ -152,7 +183,50 @@ def shape_from_headers(headers: Iterable[GGUFHeader], name: str = "", file_bytes
         block_bytes=tuple(blocks), token_embd_bytes=token_embd, output_bytes=output, other_bytes=other,
         output_tied=tied, quantization=quant, file_bytes=file_bytes, n_params=n_params,
         sliding_window=int(swa) if isinstance(swa, int) else 0,
+        expert_bytes=tuple(experts) if moe else (), **moe,
     )
+
+
+MAX_EXPERTS = 4096   # the largest MoE models have a few hundred experts per layer
+
+
+def _moe_facts(arch_key, arch: str, tensors: list, n_layer: int) -> dict:
+    """Expert count, experts per token, expert FFN length and shared experts, from the metadata,
+    checked against the expert tensors (``blk.N.ffn_{gate,up,down}_exps``: ne = [n_embd or n_ff_exp,
+    n_ff_exp or n_embd, n_expert]). {} for a dense model; GGUFError when they disagree."""
+    count = arch_key("expert_count")
+    used = arch_key("expert_used_count")
+    if not tensors:
+        if isinstance(count, int) and not isinstance(count, bool) and count > 1:
+            raise GGUFError(f"metadata {arch}.expert_count is {count} but the file has no expert tensors")
+        return {}
+    for value, key in ((count, "expert_count"), (used, "expert_used_count")):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GGUFError(f"this mixture-of-experts model has no integer {arch}.{key} in its metadata")
+    if not 1 <= count <= MAX_EXPERTS:
+        raise GGUFError(f"metadata {arch}.expert_count is {count}; a mixture-of-experts model has 1..{MAX_EXPERTS}")
+    if not 1 <= used <= count:
+        raise GGUFError(f"metadata {arch}.expert_used_count is {used}: it must be 1..{arch}.expert_count ({count})")
+    ff_exp = arch_key("expert_feed_forward_length", 0)
+    lengths = set()
+    for t in tensors:
+        if t.name.endswith(".bias"):
+            if t.shape[-1] != count:
+                raise GGUFError(f"tensor {t.name} has shape {list(t.shape)} but the metadata says {count} experts")
+            continue
+        if len(t.shape) != 3 or t.shape[2] != count:
+            raise GGUFError(f"tensor {t.name} has shape {list(t.shape)} but the metadata says {count} experts "
+                            "(expected [rows, columns, experts])")
+        lengths.add(t.shape[0] if "_down_" in t.name else t.shape[1])
+    if isinstance(ff_exp, int) and ff_exp > 0 and lengths and lengths != {ff_exp} and lengths != {2 * ff_exp}:
+        raise GGUFError(f"expert tensors have FFN lengths {sorted(lengths)} but the metadata says "
+                        f"{arch}.expert_feed_forward_length = {ff_exp}")
+    if len(lengths) > 1 and not (isinstance(ff_exp, int) and ff_exp > 0):
+        raise GGUFError(f"expert tensors disagree on the expert FFN length ({sorted(lengths)})")
+    shared = arch_key("expert_shared_count", 0)
+    return {"n_expert": count, "n_expert_used": used,
+            "n_ff_exp": int(ff_exp) if isinstance(ff_exp, int) and ff_exp > 0 else min(lengths, default=0),
+            "n_expert_shared": int(shared) if isinstance(shared, int) and not isinstance(shared, bool) else 0}
 
 
 def type_bytes_per_value(type_name: str) -> float:

@@ -72,6 +72,13 @@ class LoadOptions(_Options):
                     "auto = f16 unless a smaller type puts more of the model on the GPU.",
         json_schema_extra={"cli": "--kv"},
     )
+    n_cpu_moe: Optional[int] = Field(
+        None, ge=0, le=1024, title="Experts in RAM (layers)",
+        description="Mixture-of-experts models: keep the routed experts of the first N layers in RAM while "
+                    "every layer runs on the GPU (llama.cpp's --n-cpu-moe). Empty = automatic (chosen when "
+                    "faster than layer offload); 0 = none. Ignored for dense models.",
+        json_schema_extra={"cli": "--n-cpu-moe", "step": 1, "empty": "auto", "suggest": [0]},
+    )
     split_mode: SplitModeOption = Field(
         "auto", title="Multi-GPU split",
         description="Several GPUs: layer (whole layers per GPU), row (every matrix cut across the GPUs), "

@@ -65,6 +65,7 @@ class Plan:
     tensor_split: tuple[float, ...] = ()
     main_gpu: int = 0
     kv_placement: str = "gpu"    # "gpu": each layer's KV cache on its device; "ram": all of it in RAM (offload_kqv off)
+    n_cpu_moe: int = 0           # expert offload: the routed experts of blocks 0..n_cpu_moe-1 in RAM (--n-cpu-moe)
 
     @property
     def vram_bytes(self) -> int:
@@ -76,6 +77,8 @@ class Plan:
 
     @property
     def fit_label(self) -> str:
+        if self.fit == "partial" and self.n_cpu_moe and self.n_gpu_layers == self.n_layer + 1:
+            return f"GPU + experts of {self.n_cpu_moe}/{self.n_layer} layers in RAM"
         if self.fit == "partial":
             return f"Partial {self.n_gpu_layers} of {self.n_layer + 1} layers"
         return FIT_LABELS[self.fit]

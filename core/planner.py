@@ -46,6 +46,13 @@ class Calibration:
     ram_margin_bytes: int = 1 * GIB           # kept free in RAM
     eval_context: int = 256                   # context at which decode speed is predicted
     kv_ram_layer_s: float = 40e-6             # per GPU layer per token with the KV cache in RAM (two copies, one sync)
+    # Mixture of experts. First estimates from the issue-11 anchors (a 30B-A3B on an H200: 211 tokens/s
+    # full GPU through the app's engine; llama-bench -ncmoe 16 at 91); refit them from the GPU sweep
+    # with bench/analyse_sweep.py (its "refit" section) and change them here, the one place.
+    gpu_moe_layer_s: float = 15e-6            # extra per MoE layer on the GPU per token (router, top-k, gathers)
+    cpu_moe_layer_s: float = 100e-6           # per layer whose experts are in RAM, per token (copies, syncs)
+    cpu_moe_block_s: float = 230e-6           # per MoE block run wholly on the CPU (layer offload), per token
+    moe_compute_factor: float = 1.0           # scales the MoE part of the compute buffers (see moe_compute_bytes)
 
 
 def pad_ctx(n_ctx: int) -> int:
@@ -89,6 +96,16 @@ def gpu_compute_buffers(shape: ModelShape, n_ctx: int, n_gpu_layers: int, n_ubat
     return full, host
 
 
+def moe_compute_bytes(shape: ModelShape, n_ubatch: int = 512, cal: Calibration = Calibration()) -> int:
+    """What an MoE layer adds to a compute buffer for one ubatch: each token's rows gathered for its
+    experts (input and output of n_embd, gate/up/activation of n_ff_exp), f32 (a first estimate: MoE
+    loads measured 100-190 MiB above the dense formula; ``cal.moe_compute_factor`` is refit)."""
+    if not shape.is_moe:
+        return 0
+    rows = n_ubatch * shape.n_expert_used
+    return int(cal.moe_compute_factor * 4 * (rows * (2 * shape.n_embd + 3 * shape.n_ff_exp) + n_ubatch * shape.n_expert))
+
+
 def kv_bytes(shape: ModelShape, layers: Iterable[int], n_ctx: int, kv_type: str) -> int:
     b = type_bytes_per_value(kv_type)
     return int(pad_ctx(n_ctx) * sum(shape.kv_bytes_per_token(i, b, b) for i in layers))
@@ -99,13 +116,17 @@ class _Split:
     gpu_blocks: range
     cpu_blocks: range
     output_on_gpu: bool
+    cpu_experts: range = range(0)   # blocks on the GPU whose routed experts are in RAM (expert offload)
 
 
-def _split(shape: ModelShape, n_gpu_layers: int) -> _Split:
+def _split(shape: ModelShape, n_gpu_layers: int, n_cpu_moe: int = 0) -> _Split:
+    """llama.cpp's placement: the last n_gpu_layers-1 blocks and the head on the GPU; with
+    ``--n-cpu-moe N`` the routed experts of blocks 0..N-1 stay in RAM wherever their block is."""
     n = shape.n_layer
     ngl = n + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n + 1)
     first_gpu = n - max(ngl - 1, 0)
-    return _Split(range(first_gpu, n), range(0, first_gpu), ngl >= 1)
+    moe = min(max(n_cpu_moe, 0), n) if shape.is_moe else 0
+    return _Split(range(first_gpu, n), range(0, first_gpu), ngl >= 1, range(first_gpu, max(moe, first_gpu)))
 
 
 def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str, cal: Calibration,
@@ -117,8 +138,12 @@ def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str
         return tokens * sum(shape.kv_bytes_per_token(i, b, b) for i in layers)
 
     head = shape.output_bytes
-    gpu_bytes = sum(shape.block_bytes[i] for i in split.gpu_blocks) + (0 if kv_in_ram else kv_read(split.gpu_blocks, ctx))
-    cpu_bytes = sum(shape.block_bytes[i] for i in split.cpu_blocks) + kv_read(split.cpu_blocks, ctx)
+    # What one token reads: an MoE block only the experts it is routed to (``active_block_bytes``).
+    moved = sum(shape.block_expert_bytes(i) * shape.n_expert_used / shape.n_expert for i in split.cpu_experts) \
+        if split.cpu_experts else 0.0
+    gpu_bytes = (sum(shape.active_block_bytes(i) for i in split.gpu_blocks) - moved
+                 + (0 if kv_in_ram else kv_read(split.gpu_blocks, ctx)))
+    cpu_bytes = sum(shape.active_block_bytes(i) for i in split.cpu_blocks) + kv_read(split.cpu_blocks, ctx) + moved
     if kv_in_ram:  # the CPU runs the attention of every layer over the cache
         cpu_bytes += kv_read(split.gpu_blocks, ctx)
     if split.output_on_gpu:
@@ -131,6 +156,8 @@ def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str
         bandwidth = (gpu.bandwidth_bytes_per_s or 300e9) * cal.gpu_efficiency
         per_layer = cal.gpu_layer_overhead_s + (cal.gpu_quantized_kv_layer_s if kv_type != "f16" else 0.0)
         seconds += gpu_bytes / bandwidth + per_layer * (len(split.gpu_blocks) + 1)
+        if shape.is_moe:
+            seconds += cal.gpu_moe_layer_s * len(split.gpu_blocks)
         if kv_in_ram:
             seconds += cal.kv_ram_layer_s * len(split.gpu_blocks)
     if cpu_bytes:
@@ -139,6 +166,9 @@ def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str
         seconds += cpu_bytes / rate
     if gpu_bytes and split.cpu_blocks:
         seconds += cal.partial_sync_s
+    seconds += cal.cpu_moe_layer_s * len(split.cpu_experts)
+    if shape.is_moe:
+        seconds += cal.cpu_moe_block_s * len(split.cpu_blocks)
     return seconds
 
 
@@ -149,12 +179,13 @@ def _several_gpus(hw: Hardware) -> bool:
 def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_type: str = "f16",
              flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
              compute_override: Optional[tuple[int, int]] = None, goal: str = "", gpu_split=None,
-             kv_placement: str = "gpu") -> Plan:
+             kv_placement: str = "gpu", n_cpu_moe: int = 0) -> Plan:
     """The plan for one given configuration (no optimisation). ``compute_override`` is llama.cpp's
     own (gpu, host) compute-buffer sizes from a dry run of exactly this configuration. On several
     GPUs ``core.multi_gpu_plan`` spreads the layers (``gpu_split``: a ``SplitChoice``, what the user fixed).
     ``kv_placement="ram"`` is llama.cpp's ``offload_kqv`` off: the whole KV cache stays in RAM and the
-    CPU computes attention, which frees VRAM for more layers at the price of copies per layer."""
+    CPU computes attention, which frees VRAM for more layers at the price of copies per layer.
+    ``n_cpu_moe=N`` (an MoE model) keeps the routed experts of blocks 0..N-1 in RAM (expert offload)."""
     if _several_gpus(hw):
         from core.multi_gpu_plan import SplitChoice, fastest_split
         return replace(fastest_split(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal, gpu_split or SplitChoice(),
@@ -164,19 +195,24 @@ def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_
         if n_gpu_layers not in (0,) and hw.has_gpu:
             reasons.append("the installed llama.cpp has no GPU offload: everything runs on the CPU")
         n_gpu_layers = 0
-    split = _split(shape, n_gpu_layers)
+    split = _split(shape, n_gpu_layers, n_cpu_moe)
     ngl = len(split.gpu_blocks) + (1 if split.output_on_gpu else 0)
     on_gpu = ngl > 0
     tied_copy = shape.token_embd_bytes if shape.output_tied else 0
-    w_gpu = sum(shape.block_bytes[i] for i in split.gpu_blocks) + (shape.output_bytes if split.output_on_gpu else 0)
+    experts_in_ram = sum(shape.block_expert_bytes(i) for i in split.cpu_experts)
+    w_gpu = (sum(shape.block_bytes[i] for i in split.gpu_blocks) + (shape.output_bytes if split.output_on_gpu else 0)
+             - experts_in_ram)
     w_cpu = (sum(shape.block_bytes[i] for i in split.cpu_blocks) + shape.token_embd_bytes + shape.other_bytes
-             + (0 if split.output_on_gpu else shape.output_bytes - tied_copy))
+             + (0 if split.output_on_gpu else shape.output_bytes - tied_copy) + experts_in_ram)
+    moe_extra = moe_compute_bytes(shape, n_ubatch, cal)
     if compute_override is not None:
         c_gpu, c_cpu = compute_override
     elif hw.can_offload:
         c_gpu, c_cpu = gpu_compute_buffers(shape, n_ctx, ngl, n_ubatch, flash_attn)
+        c_gpu += moe_extra if on_gpu else 0
+        c_cpu += moe_extra if (split.cpu_blocks or split.cpu_experts) else 0
     else:
-        c_gpu, c_cpu = 0, compute_buffer_bytes(shape, n_ctx, n_ubatch, flash_attn)
+        c_gpu, c_cpu = 0, compute_buffer_bytes(shape, n_ctx, n_ubatch, flash_attn) + moe_extra
     # A GPU build holds a CUDA context and compute buffers even with no layer offloaded.
     uses_gpu = on_gpu or (hw.can_offload and c_gpu > 0)
     kv_in_ram = kv_placement == "ram" and on_gpu
@@ -202,6 +238,10 @@ def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_
         if cpu.total > ram_budget:
             reasons.append(f"needs {cpu.total / GIB:.1f} GiB of RAM; {max(ram_budget, 0) / GIB:.1f} GiB are "
                            f"available after a {cal.ram_margin_bytes // GIB} GiB margin")
+    elif ngl == shape.n_layer + 1 and split.cpu_experts:
+        fit = "partial"
+        reasons.append(f"every layer on {hw.gpus[0].name}, the experts of {len(split.cpu_experts)} of "
+                       f"{shape.n_layer} layers in RAM ({experts_in_ram / GIB:.1f} GiB)")
     elif ngl == shape.n_layer + 1:
         fit = "full_gpu"
         reasons.append(f"all {ngl} layers on {hw.gpus[0].name} ({gpu.total / GIB:.1f} of "
@@ -222,7 +262,7 @@ def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_
     return Plan(fit=fit, backend="llama_cpp", n_layer=shape.n_layer, n_gpu_layers=ngl, n_ctx=n_ctx,
                 kv_type=kv_type, flash_attn=flash_attn, gpu=gpu, cpu=cpu, tokens_per_s=round(tokens_per_s, 2),
                 reasons=tuple(reasons), quantization=shape.quantization, goal=goal,
-                kv_placement="ram" if kv_in_ram else "gpu")
+                kv_placement="ram" if kv_in_ram else "gpu", n_cpu_moe=split.cpu_experts.stop if split.cpu_experts else 0)
 
 
 def kv_ram_compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
@@ -241,10 +281,28 @@ def _best(plans: list[Plan]) -> Optional[Plan]:
         usable = [p for p in plans if p.fit != "no_fit" and p.kv_type == kv]
         if not usable:
             continue
-        candidate = max(usable, key=lambda p: (p.tokens_per_s, p.n_gpu_layers))
-        if best is None or (candidate.n_gpu_layers > best.n_gpu_layers and candidate.tokens_per_s > best.tokens_per_s):
+        candidate = max(usable, key=lambda p: (p.tokens_per_s, _on_gpu(p)))
+        if best is None or (_on_gpu(candidate) > _on_gpu(best) and candidate.tokens_per_s > best.tokens_per_s):
             best = candidate
     return best
+
+
+def _on_gpu(plan: Plan) -> tuple[int, int]:
+    """How much of the model a plan keeps on the GPU: layers, then fewer expert layers in RAM."""
+    return plan.n_gpu_layers, -plan.n_cpu_moe
+
+
+def _moe_note(chosen: Plan, plans: list[Plan]) -> tuple[str, ...]:
+    """Why expert offload or layer offload was chosen for an MoE model, when both were possible."""
+    layer = _best([p for p in plans if not p.n_cpu_moe and p.fit == "partial"])
+    expert = _best([p for p in plans if p.n_cpu_moe])
+    if chosen.n_cpu_moe and layer is not None:
+        return (f"expert offload ({chosen.tokens_per_s:.1f} tokens/s) is faster than the best layer offload "
+                f"({layer.tokens_per_s:.1f} tokens/s, {layer.n_gpu_layers} of {layer.n_layer + 1} layers on the GPU)",)
+    if chosen.fit == "partial" and not chosen.n_cpu_moe and expert is not None:
+        return (f"layer offload ({chosen.tokens_per_s:.1f} tokens/s) is faster here than the best expert offload "
+                f"({expert.tokens_per_s:.1f} tokens/s with the experts of {expert.n_cpu_moe} layers in RAM)",)
+    return ()
 
 
 def _best_placed(plans: list[Plan]) -> Optional[Plan]:
@@ -260,7 +318,9 @@ def _best_placed(plans: list[Plan]) -> Optional[Plan]:
 
 def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n_ubatch: int,
                 cal: Calibration, kv_types: tuple[str, ...], gpu_split=None,
-                kv_placements: tuple[str, ...] = ("gpu",)) -> Optional[Plan]:
+                kv_placements: tuple[str, ...] = ("gpu",), n_cpu_moe: Optional[int] = None) -> Optional[Plan]:
+    """The best plan at ``n_ctx`` over layer offload and, for an MoE model, expert offload (every
+    layer on the GPU, the experts of N layers in RAM); ``n_cpu_moe`` fixed: that many, any layers."""
     if _several_gpus(hw):
         from core.multi_gpu_plan import SplitChoice, fastest_split
         best = _best([fastest_split(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal, gpu_split or SplitChoice())
@@ -269,9 +329,15 @@ def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n
             best = _best([evaluate_gpu_hidden(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal) for kv in kv_types])
         return best
     layer_options = range(shape.n_layer + 2) if hw.can_offload else (0,)
-    plans = [evaluate(shape, hw, ngl, n_ctx, kv, flash_attn, n_ubatch, cal, kv_placement=placement)
+    plans = [evaluate(shape, hw, ngl, n_ctx, kv, flash_attn, n_ubatch, cal, kv_placement=placement,
+                      n_cpu_moe=n_cpu_moe or 0)
              for kv in kv_types for ngl in layer_options for placement in kv_placements]
+    if n_cpu_moe is None and shape.is_moe and hw.can_offload:
+        plans += [evaluate(shape, hw, -1, n_ctx, kv, flash_attn, n_ubatch, cal, n_cpu_moe=n)
+                  for kv in kv_types for n in range(1, shape.n_layer + 1)]
     best = _best_placed(plans)
+    if best is not None and shape.is_moe:
+        best = replace(best, reasons=best.reasons + _moe_note(best, plans))
     if best is None and hw.can_offload:
         best = _best([evaluate_gpu_hidden(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal) for kv in kv_types])
     return best
@@ -279,11 +345,11 @@ def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n
 
 def evaluate_as_asked(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_type: str = "f16",
                       flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
-                      goal: str = "", gpu_split=None, kv_placement: str = "gpu") -> Plan:
+                      goal: str = "", gpu_split=None, kv_placement: str = "gpu", n_cpu_moe: int = 0) -> Plan:
     """``evaluate`` for a configuration the user chose; 0 layers on a GPU too full for llama.cpp's
     CUDA buffers runs with the GPU hidden (``evaluate_gpu_hidden``) rather than being refused."""
     plan = evaluate(shape, hw, n_gpu_layers, n_ctx, kv_type, flash_attn, n_ubatch, cal, goal=goal, gpu_split=gpu_split,
-                    kv_placement=kv_placement)
+                    kv_placement=kv_placement, n_cpu_moe=n_cpu_moe)
     if plan.fit == "no_fit" and n_gpu_layers == 0 and hw.can_offload:
         hidden = evaluate_gpu_hidden(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal)
         if hidden.fit != "no_fit":
@@ -304,7 +370,7 @@ def evaluate_gpu_hidden(shape: ModelShape, hw: Hardware, n_ctx: int, kv_type: st
 def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Optional[int] = None,
              flash_attn: bool = True, n_ubatch: int = 512, cal: Calibration = Calibration(),
              kv_types: Optional[tuple[str, ...]] = None, gpu_split=None,
-             kv_placements: tuple[str, ...] = ("gpu",)) -> Plan:
+             kv_placements: tuple[str, ...] = ("gpu",), n_cpu_moe: Optional[int] = None) -> Plan:
     """Choose n_gpu_layers, KV type (and for ``goal="context"`` the context) for this machine.
 
     * fastest: the highest predicted tokens/s at the requested (or default) context.
@@ -312,7 +378,8 @@ def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Opt
       the fastest plan's speed, i.e. more context without falling back to the CPU.
     Never plans more than the model's trained context. Returns a ``no_fit`` plan with reasons when
     nothing fits. ``kv_placements=("gpu", "ram")`` also considers the KV cache in RAM, chosen only
-    when it is predicted faster.
+    when it is predicted faster. An MoE model also gets expert offload (``n_cpu_moe`` None), chosen
+    when it is predicted faster, and the plan says why.
     """
     kv_options = kv_types or (KV_TYPES_FA if flash_attn else ("f16",))
     base_ctx = default_context(shape, n_ctx)
@@ -320,7 +387,7 @@ def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Opt
     if shape.n_ctx_train and base_ctx > shape.n_ctx_train:
         notes.append(f"context capped at the model's trained {shape.n_ctx_train} tokens")
         base_ctx = shape.n_ctx_train
-    fastest = _fastest_at(shape, hw, base_ctx, flash_attn, n_ubatch, cal, kv_options, gpu_split, kv_placements)
+    fastest = _fastest_at(shape, hw, base_ctx, flash_attn, n_ubatch, cal, kv_options, gpu_split, kv_placements, n_cpu_moe)
     if fastest is None:
         # Report why with the most favourable configuration that still does not fit.
         worst = evaluate(shape, hw, -1 if hw.can_offload else 0, base_ctx, kv_options[-1], flash_attn, n_ubatch, cal,
@@ -331,7 +398,7 @@ def optimise(shape: ModelShape, hw: Hardware, goal: Goal = "fastest", n_ctx: Opt
         top = shape.n_ctx_train or base_ctx
         candidates = sorted({top, *[c for c in (2**k for k in range(11, 22)) if base_ctx < c < top]}, reverse=True)
         for ctx in candidates:
-            plan = _fastest_at(shape, hw, ctx, flash_attn, n_ubatch, cal, kv_options, gpu_split, kv_placements)
+            plan = _fastest_at(shape, hw, ctx, flash_attn, n_ubatch, cal, kv_options, gpu_split, kv_placements, n_cpu_moe)
             if plan is not None and plan.tokens_per_s >= 0.8 * fastest.tokens_per_s:
                 chosen = plan
                 break
