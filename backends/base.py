@@ -131,6 +131,7 @@ class ModelInfo:
     buffers: tuple[BufferSize, ...] = ()
     worker_pid: Optional[int] = None
     n_parallel: int = 1  # replies decoded at once (slots)
+    n_cpu_moe: int = 0   # blocks whose expert tensors llama.cpp put in host memory (expert offload)
 
     def to_dict(self) -> dict:
         return asdict(self)

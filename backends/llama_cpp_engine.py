@@ -29,7 +29,7 @@ from core.chat_template import TemplateRenderError, TemplateSource, choose_templ
 from services.template_process import check_template, render_chat_template
 from core.generation import GenerationProgress, GenerationStats
 from core.gguf_header import GGUFError
-from core.llama_log import is_error_line, parse_buffer_line
+from core.llama_log import expert_layers_in_ram, is_error_line, parse_buffer_line, parse_override_line
 from core.options import SamplingOptions
 from services.cpu import physical_cores
 from services.gguf_file import read_header
@@ -44,6 +44,7 @@ class LlamaLogCapture:
         self._partial = ""
         self._lock = threading.Lock()
         self.buffers: list[BufferSize] = []
+        self.overridden: list[tuple[str, str]] = []  # (tensor, buffer type): expert offload
         self.errors: deque[str] = deque(maxlen=50)
         self._echo = echo
         self._callback = None
@@ -61,6 +62,7 @@ class LlamaLogCapture:
     def reset(self) -> None:
         with self._lock:
             self.buffers = []
+            self.overridden = []
             self.errors.clear()
 
     def feed(self, level: int, text: str) -> None:
@@ -69,8 +71,11 @@ class LlamaLogCapture:
             *lines, self._partial = self._partial.split("\n")
             for line in lines:
                 parsed = parse_buffer_line(line)
+                override = None if parsed else parse_override_line(line)
                 if parsed:
                     self.buffers.append(BufferSize(*parsed))
+                elif override:
+                    self.overridden.append(override)
                 elif level in (2, 3) or is_error_line(line):
                     self.errors.append(line.strip())
                     if self._echo:
@@ -82,6 +87,7 @@ class LlamaCppEngine:
     _backend_initialized = False
 
     def __init__(self) -> None:
+        self._params_keep = None
         self._model = None
         self._ctx = None
         self._vocab = None
@@ -134,6 +140,7 @@ class LlamaCppEngine:
         name = Path(spec.model_path).name
         started = time.monotonic()
         model = lc.llama_model_load_from_file(spec.model_path.encode("utf-8"), params.model)
+        self._params_keep = params.keep  # llama.cpp keeps pointing at some (expert-offload patterns)
         if not model:
             raise ModelLoadError(f"llama.cpp could not load {name}: {self._logged_error('failed to load model')}")
         ctx = lc.llama_init_from_model(model, params.context)
@@ -168,6 +175,7 @@ class LlamaCppEngine:
             n_threads=params.n_threads, kv_type=opts.kv_cache_type, flash_attn=opts.flash_attn,
             template_origin=template.origin, load_seconds=round(load_seconds, 3),
             file_bytes=header.file_size or 0, buffers=tuple(self._log.buffers), n_parallel=params.n_parallel,
+            n_cpu_moe=expert_layers_in_ram(self._log.overridden),
         )
         return self._info
 
@@ -199,6 +207,7 @@ class LlamaCppEngine:
         if self._model is not None:
             lc.llama_model_free(self._model)
         self._loop = self._ctx = self._model = self._vocab = None
+        self._params_keep = None  # after the model is freed
         self._info = None
         self._template = None
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.base import ModelLoadError
+from backends.expert_offload import set_expert_offload
 from core.multi_gpu import llama_split_args
 from core.options import LoadOptions
 
@@ -62,6 +63,7 @@ def model_params(opts: LoadOptions, n_gpu_layers: int, keep: list):
     params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers == -1 else n_gpu_layers  # INT32_MAX: every layer
     params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
     gpu_split(params, opts, keep)
+    set_expert_offload(params, getattr(opts, "n_cpu_moe", None), keep)
     return params
 
 
