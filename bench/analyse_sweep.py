@@ -47,12 +47,45 @@ def rows(report: dict) -> list[dict]:
     return out
 
 
+ISSUE11_DATA = ROOT / "tests" / "data" / "gpu_sweep_h200_issue11.json"
+
+
+def issue11(report: dict, path: Path, save: bool) -> int:
+    """The issue-11 sweep (bench/gpu_moe_sweep.py): tables for docs/BENCHMARKS.md, the refit MoE
+    constants, and with --save the data CI checks (tests/data/gpu_sweep_h200_issue11.json)."""
+    import shutil
+
+    from bench.moe_sweep_analysis import constants, markdown, overhead_fit, refit
+    from core.planner import Calibration
+
+    print(f"Issue 11 sweep {path} on {report['machine']['gpu']['name'] if report['machine']['gpu'] else 'no GPU'}, "
+          f"{len(report['rows'])} configurations, {len(report['budgets'])} budget runs, "
+          f"{report.get('total_s', '?')} s\n")
+    print(markdown(report))
+    print("\nRefit (models marked 'fit'; change these in core/planner.py Calibration, then re-run this):")
+    print(json.dumps({"now": constants(Calibration()), "refit": constants(refit(report))}, indent=1))
+    fit = overhead_fit(report)
+    if fit:
+        print(f"per-token decode cost: token_overhead_s={fit['token_overhead_s']:.6f}, "
+              f"sampling_s_per_vocab={fit['sampling_s_per_vocab']:.3g}")
+    if save:
+        if report.get("smoke"):
+            print("not saved: a --smoke run is no measurement")
+            return 1
+        shutil.copyfile(path, ISSUE11_DATA)
+        print(f"saved {ISSUE11_DATA}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("sweep", type=Path)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--save", action="store_true", help="issue 11: keep the sweep in tests/data for CI")
     a = ap.parse_args()
     report = json.loads(a.sweep.read_text())
+    if report.get("kind") == "issue11":
+        return issue11(report, a.sweep, a.save)
     table = rows(report)
     if a.markdown:
         print("| model | n_gpu_layers | ctx | KV | VRAM measured (MiB) | predicted | error | tok/s measured | predicted | error |")
