@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--n-gpu-layers", type=int)
     cfg.add_argument("--ctx", type=int)
     cfg.add_argument("--kv", choices=KV_TYPES)
+    cfg.add_argument("--n-cpu-moe", type=int, help="MoE: keep the experts of the first N layers in RAM")
     gpus = p.add_argument_group("several GPUs (default: the planner chooses)")
     gpus.add_argument("--split-mode", choices=("auto", "layer", "row", "none"), default="auto")
     gpus.add_argument("--tensor-split", type=number_list, metavar="A,B,...", help="share per GPU, e.g. 3,1")
@@ -93,7 +94,7 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
     try:
         return LoadOptions(n_gpu_layers=args.n_gpu_layers, n_ctx=args.ctx, kv_type=args.kv or "auto",
                            flash_attn=not args.no_flash_attn, split_mode=args.split_mode,
-                           tensor_split=args.tensor_split, main_gpu=args.main_gpu)
+                           tensor_split=args.tensor_split, main_gpu=args.main_gpu, n_cpu_moe=args.n_cpu_moe)
     except ValidationError as exc:
         raise UsageError(describe_validation_error(exc)) from None
 
@@ -111,7 +112,8 @@ def make_plan(args: argparse.Namespace, shape: ModelShape, hw: Hardware, cal: Ca
     hidden = plan.extra.get("hide_gpus", False)  # a dry run here would see the GPU the worker will not
     if plan.devices:  # the dry run sums the GPUs' buffers; the per-GPU estimate stays
         return plan
-    if model_path is None or args.no_dry_run or plan.fit == "no_fit" or not same_machine or hidden:
+    experts = plan.n_cpu_moe > 0  # the dry run cannot place experts: the estimate stays
+    if model_path is None or args.no_dry_run or plan.fit == "no_fit" or not same_machine or hidden or experts:
         return plan
     from services.dry_run import compute_buffers
 
@@ -132,7 +134,8 @@ def render(plan: Plan, shape: ModelShape, hw: Hardware) -> str:
         f"Machine   {gpu}; {hw.ram_available_bytes / GIB:.1f} GiB RAM available; {hw.cpu_physical_cores} cores "
         f"[{hw.source}]",
         f"Plan      {plan.fit_label}: n_gpu_layers {plan.n_gpu_layers}, context {plan.n_ctx}, KV {plan.kv_type}, "
-        f"flash attention {'on' if plan.flash_attn else 'off'}",
+        f"flash attention {'on' if plan.flash_attn else 'off'}"
+        + (f"; experts of layers 0-{plan.n_cpu_moe - 1} in RAM (n_cpu_moe {plan.n_cpu_moe})" if plan.n_cpu_moe else ""),
         "",
         "            weights      KV cache     compute      overhead     total",
         f"  GPU     {gib(plan.gpu.weights)}  {gib(plan.gpu.kv_cache)}  {gib(plan.gpu.compute)}  "

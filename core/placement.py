@@ -30,6 +30,7 @@ class LoadedModel:
     flash_attn: bool
     buffers: tuple[tuple[str, str, float], ...] = ()  # (device, kind, MiB) as the backend measured them
     worker_pid: Optional[int] = None
+    n_cpu_moe: int = 0              # blocks whose experts llama.cpp put in RAM (its load log)
 
 
 def device_of(device: str) -> str:
@@ -122,7 +123,7 @@ def placement_card(model: Optional[LoadedModel], plan: Optional[Plan], worker_vr
                      "the model runs on the CPU.")
     if plan is not None and plan.warning:
         lines.append(f"⚠️ {plan.warning}")
-    lines.append(_prediction(plan, on_gpu, total, gpus, devices, overhead, last_tokens_per_s))
+    lines.append(_prediction(plan, on_gpu, total, gpus, devices, overhead, last_tokens_per_s, model.n_cpu_moe))
     lines += gpu_cards(plan, devices, worker_vram)
     return "\n\n".join(lines)
 
@@ -163,11 +164,14 @@ def gpu_cards(plan: Optional[Plan], devices: dict[str, MemoryBreakdown], worker_
 
 
 def _prediction(plan: Optional[Plan], on_gpu: int, total: int, gpus: list[str], devices: dict[str, MemoryBreakdown],
-                overhead: dict[str, int], tokens_per_s: Optional[float]) -> str:
+                overhead: dict[str, int], tokens_per_s: Optional[float], experts_in_ram: int = 0) -> str:
     if plan is None:
         return "Prediction: no prediction yet (no plan was made for this load)."
     rows = ["| | predicted | measured | error |", "|---|---:|---:|---:|",
             f"| GPU layers | {plan.n_gpu_layers}/{plan.n_layer + 1} | {on_gpu}/{total} | |"]
+    if plan.n_cpu_moe or experts_in_ram:  # expert offload: where the experts are
+        rows.append(f"| layers with their experts in RAM | {plan.n_cpu_moe}/{plan.n_layer} | "
+                    f"{experts_in_ram}/{plan.n_layer} | |")
     gpu = _sum([devices[d] for d in gpus])
     for side, predicted, measured in (("GPU", plan.gpu, gpu), ("CPU", plan.cpu, devices.get("CPU", MemoryBreakdown()))):
         for key, label in _LABELS:

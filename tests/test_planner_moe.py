@@ -162,3 +162,22 @@ def test_the_load_executes_the_expert_placement_the_screen_showed(files, tmp_pat
     assert shown.n_cpu_moe > 0 and same_placement(shown, executed) and spec.options.n_cpu_moe == shown.n_cpu_moe
     spec, automatic = planner.prepare(LoadSpec(path))
     assert same_placement(shown, automatic) and spec.options.n_cpu_moe == shown.n_cpu_moe
+
+
+def test_app_py_plan_shows_where_the_experts_go(files):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def plan(*args):
+        return subprocess.run([sys.executable, "app.py", "plan", str(files["qwen3moe-30b-a3b"]), "--profile",
+                               "rtx3060-12g", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    out = plan()
+    assert out.returncode == 0 and "experts of" in out.stdout and "expert offload (" in out.stdout, out.stdout
+    data = json.loads(plan("--n-cpu-moe", "30", "--json").stdout)
+    assert data["n_cpu_moe"] == 30 and data["n_gpu_layers"] == 49
+    bad = plan("--n-cpu-moe", "-3")
+    assert bad.returncode == 2 and "n_cpu_moe" in bad.stderr and "Traceback" not in bad.stderr
