@@ -2,6 +2,7 @@
 (regenerate, edit-and-resend, clear) as functions that return a new history."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Optional
 
@@ -10,6 +11,7 @@ from core.generation import GenerationStats
 MAX_MESSAGE_CHARS = 200_000
 MAX_SYSTEM_PROMPT_CHARS = 50_000
 MAX_MESSAGES = 2_000
+MAX_ALTERNATIVES = 20  # versions of one reply kept by Regenerate
 
 
 class HistoryError(ValueError):
@@ -23,6 +25,9 @@ class ChatMessage:
     stats: Optional[GenerationStats] = None
     error: Optional[str] = None
     notice: Optional[str] = None
+    # Regenerated replies keep the earlier ones: every version in order, ``content`` = alternatives[shown].
+    alternatives: tuple[str, ...] = ()
+    shown: int = 0
 
 
 History = tuple[ChatMessage, ...]
@@ -70,13 +75,34 @@ def add_user_message(history: History, text: Any) -> History:
 
 
 def for_regenerate(history: History) -> History:
-    """Drop the trailing assistant reply (if any) so the last user message can be answered again."""
+    """The history ready for a new answer to the last user message: the earlier reply (if any) is
+    kept as an alternative, and an empty new one is the version shown."""
     trimmed = list(history)
+    versions: tuple[str, ...] = ()
     while trimmed and trimmed[-1].role == "assistant":
-        trimmed.pop()
+        last = trimmed.pop()
+        versions = last.alternatives or ((last.content,) if last.content else ())
     if not trimmed:
         raise HistoryError("Nothing to regenerate yet.")
+    if versions:
+        versions = versions[-(MAX_ALTERNATIVES - 1):]  # the oldest goes once there are too many
+        trimmed.append(ChatMessage("assistant", "", alternatives=(*versions, ""), shown=len(versions)))
     return tuple(trimmed)
+
+
+def flip_reply(history: History, step: Any) -> History:
+    """Show the previous (step -1) or next (+1) version of the last reply."""
+    if step not in (-1, 1):
+        raise HistoryError("Pick the previous or the next reply.")
+    if not history or history[-1].role != "assistant" or len(history[-1].alternatives) < 2:
+        raise HistoryError("This reply has no other versions: Regenerate makes one.")
+    last = history[-1]
+    shown = last.shown + step
+    if not 0 <= shown < len(last.alternatives):
+        raise HistoryError("There is no " + ("earlier" if step < 0 else "later") + " reply.")
+    return (*history[:-1], replace(last, content=last.alternatives[shown], shown=shown,
+                                   stats=last.stats if shown == len(last.alternatives) - 1 else None,
+                                   error=None, notice=None))
 
 
 def edit_user_message(history: History, index: Any, text: Any) -> History:
@@ -95,8 +121,31 @@ def with_reply(history: History, text: str, stats: Optional[GenerationStats] = N
     """``history`` with its trailing assistant reply set (appended if the last message is a user's)."""
     reply = ChatMessage("assistant", text, stats, error, notice)
     if history and history[-1].role == "assistant":
+        previous = history[-1]
+        if previous.alternatives:  # a regenerated reply: its slot among the versions follows it
+            versions = list(previous.alternatives)
+            versions[previous.shown] = text
+            reply = replace(reply, alternatives=tuple(versions), shown=previous.shown)
         return (*history[:-1], reply)
     return (*history, reply)
+
+
+_THINK = re.compile(r"\s*<think>(.*?)(</think>\s*|$)", re.S)
+
+
+def split_reasoning(text: str) -> tuple[str, str, bool]:
+    """``(reasoning, answer, finished)`` of a reply that opens with a ``<think>`` block (reasoning
+    models); ``("", text, True)`` for any other reply. ``finished``: the block was closed."""
+    match = _THINK.match(text)
+    if match is None:
+        return "", text, True
+    return match.group(1).strip(), text[match.end():], bool(match.group(2))
+
+
+def _reasoning_block(reasoning: str, finished: bool) -> str:
+    words = len(reasoning.split())
+    summary = f"{'Reasoning' if finished else 'Thinking…'} · {words} word{'' if words == 1 else 's'}"
+    return f"<details><summary>{summary}</summary>\n\n{reasoning}\n\n</details>\n\n"
 
 
 def model_messages(history: History, system_prompt: str = "") -> list[dict]:
@@ -110,9 +159,11 @@ def model_messages(history: History, system_prompt: str = "") -> list[dict]:
     if system_prompt and system_prompt.strip():
         out.append({"role": "system", "content": system_prompt})
     for msg in history:
-        if msg.role == "assistant" and not msg.content:
+        # A reasoning model's earlier <think> blocks are not sent back (as their chat templates do).
+        content = split_reasoning(msg.content)[1] if msg.role == "assistant" else msg.content
+        if msg.role == "assistant" and not content.strip():
             continue
-        out.append({"role": msg.role, "content": msg.content})
+        out.append({"role": msg.role, "content": content})
     return out
 
 
@@ -137,7 +188,12 @@ def to_display(history: History) -> list[dict]:
     for msg in history:
         text = msg.content
         if msg.role == "assistant":
+            reasoning, answer, finished = split_reasoning(text)
+            if reasoning or not finished:  # collapsed, so the answer is what shows
+                text = _reasoning_block(reasoning, finished) + answer
             footer = []
+            if len(msg.alternatives) > 1:
+                footer.append(f"Reply {msg.shown + 1} of {len(msg.alternatives)}")
             if msg.error:
                 footer.append(f"Error: {msg.error}")
             if msg.notice:
@@ -159,6 +215,7 @@ def export_chat(history: History, system_prompt: str = "") -> dict:
     return {"version": EXPORT_VERSION, "system_prompt": system_prompt,
             "messages": [{"role": m.role, "content": m.content,
                           **({"stats": m.stats.to_dict()} if m.stats else {}),
+                          **({"alternatives": list(m.alternatives), "shown": m.shown} if m.alternatives else {}),
                           **({"error": m.error} if m.error else {})} for m in history]}
 
 
@@ -183,5 +240,17 @@ def import_chat(data: Any) -> tuple[History, str]:
             except (TypeError, ValueError):
                 stats = None
         error = item.get("error") if isinstance(item.get("error"), str) else None
-        history.append(ChatMessage(item["role"], content, stats, error[:2000] if error else None))
+        alternatives, shown = (), 0
+        if item["role"] == "assistant" and item.get("alternatives") is not None:
+            alternatives, shown = item["alternatives"], item.get("shown")
+            if (not isinstance(alternatives, list) or not 1 <= len(alternatives) <= MAX_ALTERNATIVES
+                    or not all(isinstance(a, str) and len(a) <= MAX_MESSAGE_CHARS and "\x00" not in a
+                               for a in alternatives)
+                    or isinstance(shown, bool) or not isinstance(shown, int) or not 0 <= shown < len(alternatives)
+                    or alternatives[shown] != content):
+                raise HistoryError(f"Message {i + 1}: alternatives must be up to {MAX_ALTERNATIVES} texts, "
+                                   "the shown one equal to the content.")
+            alternatives = tuple(alternatives)
+        history.append(ChatMessage(item["role"], content, stats, error[:2000] if error else None,
+                                   alternatives=alternatives, shown=shown))
     return tuple(history), check_system_prompt(data.get("system_prompt", ""))

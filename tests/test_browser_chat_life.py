@@ -4,6 +4,7 @@ conversation list (New, Rename, search, Delete, export), and two browsers of one
 both chat and reload without losing anything. Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -202,3 +203,36 @@ def test_two_browsers_of_one_user_both_chat_both_reload_nothing_lost(browser, ap
         assert said in joined, f"{said!r} was lost"
     a.context.close()
     b.context.close()
+
+
+def test_regenerate_arrows_and_a_collapsed_reasoning_block(browser, app, tmp_path):
+    page = open_page(browser, app)
+    set_max_tokens(page, 6)
+    new_chat(page)
+    send(page, "Name a colour.")
+    reply_done(page)
+    first = bot_text(page)
+    page.click("#regenerate")
+    wait_for(lambda: "Reply 2 of 2" in stats_line(page) or "Reply 2 of 2" in bot_text(page), 60,
+             "the second version", seen=lambda: bot_text(page))
+    reply_done(page)
+    page.click("#reply-prev")
+    wait_for(lambda: "Reply 1 of 2" in bot_text(page), 10, "the first version back", seen=lambda: bot_text(page))
+    assert bot_text(page).split("Reply 1 of 2")[0].strip() == first.split("\n\n")[0].strip()
+    assert page.locator('#chatbot [data-testid="bot"]').count() == 1
+    # A reasoning model's reply (imported: the embedded model does not think aloud) shows collapsed.
+    export = tmp_path / "thinking.json"
+    export.write_text(json.dumps({"version": 1, "system_prompt": "", "title": "Thinking", "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>The user greets me; greet back.</think>Hello!"}]}))
+    page.click("#export-accordion")
+    with page.expect_file_chooser() as chooser:
+        page.click("#import")
+    chooser.value.set_files(str(export))
+    wait_for(lambda: page.locator("#chatbot details").count() == 1, 10, "the reasoning block",
+             seen=lambda: page.locator("#chatbot").inner_html()[-400:])
+    details = page.locator("#chatbot details").first
+    assert details.get_attribute("open") is None and "Reasoning · 6 words" == details.inner_text().strip()
+    # Collapsed: only the summary shows (its text is the whole of what is visible).
+    shot(page, "alternatives-reasoning")
+    page.context.close()

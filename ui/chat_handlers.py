@@ -14,7 +14,7 @@ import gradio as gr
 from backends.base import BackendError, LoadSpec
 from backends.turns import BusyError
 from core.chat_history import (History, HistoryError, add_user_message, check_system_prompt, content_text,
-                               edit_user_message, export_chat, for_regenerate, import_chat, model_messages,
+                               edit_user_message, export_chat, flip_reply, for_regenerate, import_chat, model_messages,
                                to_display, with_reply)
 from core.model_catalog import UnknownModelError
 from core.options import LoadOptions, SamplingOptions, TransformersLoadOptions
@@ -141,6 +141,12 @@ def edit(ctx: AppContext, session: str, index: Any, new_text: Any, history: Any,
          sampling_values: Sequence[Any]) -> Iterator[Update]:
     history = _check(edit_user_message, _history(history), index, _check(content_text, new_text))
     yield from _stream_updates(ctx, session, history, system_prompt, sampling_values)
+
+
+def flip(history: Any, step: Any) -> Update:
+    """Show another version of the last reply (the arrows under the chat)."""
+    flipped = _check(flip_reply, _history(history), step)
+    return to_display(flipped), flipped
 
 
 def stop(ctx: AppContext, session: str) -> None:

@@ -32,7 +32,9 @@ def build(ctx: AppContext):
                 send_btn = gr.Button("Send", variant="primary", elem_id="send", scale=1, min_width=80)
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", scale=1, min_width=80)
             with gr.Row():
-                regen_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm")
+                prev_btn = gr.Button("◀ Earlier reply", elem_id="reply-prev", size="sm", scale=1)
+                regen_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm", scale=2)
+                next_btn = gr.Button("Later reply ▶", elem_id="reply-next", size="sm", scale=1)
             # The API's /send: the message is the text sent (the UI takes it from the box first).
             send_api = gr.Button("send", visible=False, elem_id="send-api")
         with gr.Column(scale=1, min_width=300):
@@ -84,6 +86,11 @@ def build(ctx: AppContext):
         yield from saving(request, cur, system,
                           h.edit(ctx, request.session_hash, evt.index, evt.value, hist, system, sampling))
 
+    def on_flip(step):
+        def flip(request: gr.Request, hist, cur, system):
+            yield from saving(request, cur, system, iter([h.flip(hist, step)]))
+        return flip
+
     def on_stop(request: gr.Request):
         h.stop(ctx, request.session_hash)
 
@@ -123,6 +130,10 @@ def build(ctx: AppContext):
                    **common).then(**refresh)
     gr.on([regen_btn.click, chatbot.retry], on_regenerate, chat_inputs, stream_outputs, api_name="regenerate",
           **common).then(**refresh).then(on_status, None, status, api_visibility="private")
+    prev_btn.click(on_flip(-1), [history, conv, system_prompt], stream_outputs, api_name="earlier_reply",
+                   concurrency_id="stop", concurrency_limit=None)
+    next_btn.click(on_flip(1), [history, conv, system_prompt], stream_outputs, api_name="later_reply",
+                   concurrency_id="stop", concurrency_limit=None)
     chatbot.edit(on_edit, chat_inputs, stream_outputs, api_name="edit", **common).then(**refresh).then(
         on_status, None, status, api_visibility="private")
     # Queued (not queue=False) with their own group, so they never wait behind a reply and a
