@@ -152,7 +152,8 @@ def budgets_for(hw: Hardware, shape_bytes: int) -> list[tuple[float, ...]]:
         return []
     size = shape_bytes / GIB
     return [tuple(round(size * f, 1) for f in ([0.35] + [0.9] * (len(hw.gpus) - 1))),
-            tuple(round(size * 0.75, 1) for _ in hw.gpus)]
+            tuple(round(size * 0.75, 1) for _ in hw.gpus),
+            tuple(round(size * 0.3, 1) for _ in hw.gpus)]  # too small together: layers (or experts) in RAM
 
 
 def capped(hw: Hardware, gib: tuple[float, ...]) -> Hardware:
@@ -193,6 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--profile", help="plan for this described machine (CPU tests of the logic)")
     ap.add_argument("--deadline-s", type=float, default=420, help="start no new load after this many seconds")
+    ap.add_argument("--budget-only", default="", help="models (comma-separated names) that get only the budget runs")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -210,7 +212,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def run(path: str, plan: Plan, tokens: int) -> dict:
         options = LoadOptions(n_ctx=plan.n_ctx, n_gpu_layers=plan.n_gpu_layers, kv_type=plan.kv_type,
-                              flash_attn=plan.flash_attn, **split_updates(plan))
+                              flash_attn=plan.flash_attn, n_cpu_moe=plan.n_cpu_moe, **split_updates(plan))
         try:
             measured = measure(path, options, tokens)
         except Exception as exc:  # record and go on: one failure must not lose the sweep
@@ -221,7 +223,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for item in a.model:
         name, path = item.split("=", 1)
         shape = gguf_shape(Path(path))
-        for ctx in (c for c in contexts if not shape.n_ctx_train or c <= shape.n_ctx_train):
+        sweep = name not in set(filter(None, a.budget_only.split(",")))
+        for ctx in (c for c in contexts if sweep and (not shape.n_ctx_train or c <= shape.n_ctx_train)):
             best = 0.0
             for choice in split_grid(len(hw.gpus)):
                 if late():
@@ -262,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 nvml = entry.get("measured", {}).get("nvml_worker_bytes", {})
                 entry["over_budget"] = [i for i, b in enumerate(gib) if (nvml.get(i) or 0) > b * GIB]
             report["budgets"].append(entry)
-            print(json.dumps({"budget": gib, "model": name, "tensor_split": plan.tensor_split,
+            print(json.dumps({"budget": gib, "model": name, "tensor_split": plan.tensor_split, "n_cpu_moe": plan.n_cpu_moe,
                               "over": entry.get("over_budget"), "error": entry.get("error")}), flush=True)
             save()
     save()

@@ -13,6 +13,8 @@ n_gpus=$(nvidia-smi -L | wc -l)
 [ "$n_gpus" -ge 2 ] || { echo "issue 17 needs two GPUs; this machine has $n_gpus" | tee "$OUTDIR/ERROR.txt"; exit 2; }
 [ -f /tmp/m/l31-8b.gguf ] || python3 -m tools.synth_gguf --shape llama31-8b --quant Q4_K_M --out /tmp/m/l31-8b.gguf
 [ -f /tmp/m/l70-20.gguf ] || python3 -m tools.synth_gguf --shape llama31-70b --quant Q4_K_M --layers 20 --out /tmp/m/l70-20.gguf
+# MoE (budget runs only: experts across both GPUs, and in RAM when the budgets are small); routed like a real model
+[ -f /tmp/m/moe30.gguf ] || python3 -m tools.synth_gguf --shape qwen3moe-30b-a3b --quant Q4_K_M --varied-routing --out /tmp/m/moe30.gguf
 export CUDA_DEVICE_ORDER=PCI_BUS_ID   # llama.cpp's CUDA<i> = NVML's GPU i (the app's workers set it too)
 timeout 500 python3 bench/gpu_multi_split.py --model 8b=/tmp/m/l31-8b.gguf --model 70b20=/tmp/m/l70-20.gguf \
-  --ctx 4096,32768 --tokens 64 --deadline-s 400 --out "$OUTDIR"
+  --model moe30=/tmp/m/moe30.gguf --budget-only moe30 --ctx 4096,32768 --tokens 64 --deadline-s 400 --out "$OUTDIR"

@@ -11,8 +11,11 @@ How llama.cpp places layers (src/llama-model.cpp ``load_tensors``, llama-cpp-pyt
   assignment for the KV cache and small tensors, but every matrix is cut by rows across all GPUs
   by the split (the main GPU gathers the results). none: the main GPU alone.
 * Every GPU in the model's device list gets a CUDA context and its own compute buffer. When all
-  layers are on GPUs and the split is by layer, pipeline parallelism keeps 4 copies of each GPU's
-  graph inputs (GGML_SCHED_MAX_COPIES); the KQ mask is one of them and grows with the context.
+  layers are on GPUs, the split is by layer and no tensor is overridden (no experts in RAM),
+  pipeline parallelism keeps 4 copies of each GPU's graph inputs (GGML_SCHED_MAX_COPIES); the KQ
+  mask is one of them and grows with the context.
+* Mixture of experts: a block's experts live with it on its GPU; ``n_cpu_moe=N`` keeps those of
+  blocks 0..N-1 in RAM wherever the block is (a tensor override, as ``--n-cpu-moe``).
 * Decode at batch 1 runs the GPUs one after the other (layer split): time is the sum over GPUs of
   their bytes / bandwidth, plus a hand-over between GPUs. Row split runs them together but syncs
   at every matrix multiply over the PCIe link.
@@ -21,14 +24,15 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal, Optional, Sequence
 
 from core.hardware import Hardware, gpu_summary, pcie_bytes_per_s
 from core.model_shape import ModelShape, type_bytes_per_value
 from core.plan import DevicePlan, MemoryBreakdown, Plan
-from core.planner import GIB, MIB, Calibration, compute_buffer_bytes, gpu_compute_buffers, kv_bytes, pad_ctx
+from core.planner import (GIB, MIB, Calibration, compute_buffer_bytes, gpu_compute_buffers, kv_bytes,
+                          moe_compute_bytes, pad_ctx)
 
 SplitMode = Literal["layer", "row", "none"]
 SPLIT_MODES: tuple[str, ...] = ("layer", "row", "none")
@@ -119,9 +123,10 @@ def _compute(shape: ModelShape, n_ctx: int, ub: int, flash_attn: bool, has_block
 
 def evaluate_split(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, split: Split,
                    kv_type: str = "f16", flash_attn: bool = True, n_ubatch: int = 512,
-                   cal: Calibration = Calibration(), goal: str = "") -> Plan:
+                   cal: Calibration = Calibration(), goal: str = "", n_cpu_moe: int = 0) -> Plan:
     """The plan for one configuration on a machine with several GPUs (``split`` has one weight per
-    GPU of ``hw``). ``split.mode == "none"`` plans the main GPU alone."""
+    GPU of ``hw``). ``split.mode == "none"`` plans the main GPU alone. ``n_cpu_moe=N`` (an MoE model)
+    keeps the routed experts of blocks 0..N-1 in RAM, wherever their block is (``--n-cpu-moe``)."""
     if len(split.weights) != len(hw.gpus):
         raise ValueError(f"tensor_split has {len(split.weights)} entries for {len(hw.gpus)} GPUs")
     n = shape.n_layer
@@ -134,9 +139,14 @@ def evaluate_split(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: in
     visible = [split.main_gpu] if split.mode == "none" else list(range(len(hw.gpus)))
     kv_b = type_bytes_per_value(kv_type)
     cpu_blocks = [i for i in range(n) if devices[i] < 0]
-    pipeline = split.mode == "layer" and len(visible) > 1 and ngl == n + 1
     first_gpu = next((d for d in devices if d >= 0), -1)
     row_share = [w / sum(weights) for w in weights]
+    moe_n = min(max(n_cpu_moe, 0), n) if shape.is_moe else 0
+    cpu_experts = [i for i in range(moe_n) if devices[i] >= 0]
+    # llama.cpp turns pipeline parallelism off with tensor overrides (the experts kept in RAM)
+    pipeline = split.mode == "layer" and len(visible) > 1 and ngl == n + 1 and not cpu_experts
+    experts_in_ram = sum(shape.block_expert_bytes(i) for i in cpu_experts)
+    moe_extra = moe_compute_bytes(shape, n_ubatch, cal)
     plans, tied_copy = [], shape.token_embd_bytes if shape.output_tied else 0
     for g in visible:
         first, n_blocks, output = _runs(devices, n, g)
@@ -145,9 +155,10 @@ def evaluate_split(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: in
             # matrices cut across all GPUs; this GPU's layers keep their norms and KV cache here
             matrix = sum(shape.block_bytes[i] for i in range(n) if devices[i] >= 0)
             norms = 2 * 4 * shape.n_embd * n_blocks
-            w = int(matrix * row_share[g]) + norms + (shape.output_bytes if output else 0)
+            w = int((matrix - experts_in_ram) * row_share[g]) + norms + (shape.output_bytes if output else 0)
         else:
-            w = sum(shape.block_bytes[i] for i in blocks) + (shape.output_bytes if output else 0)
+            w = (sum(shape.block_bytes[i] for i in blocks) + (shape.output_bytes if output else 0)
+                 - sum(shape.block_expert_bytes(i) for i in cpu_experts if devices[i] == g))
         kv = kv_bytes(shape, blocks, n_ctx, kv_type)
         if split.mode == "row":
             main = g == split.main_gpu
@@ -161,6 +172,8 @@ def evaluate_split(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: in
                          pipeline)
             if g == visible[0] and ngl == 0:
                 c = gpu_compute_buffers(shape, n_ctx, 0, n_ubatch, flash_attn)[0]  # stages the output head
+        if n_blocks and moe_extra:
+            c += moe_extra
         gpu = hw.gpus[g]
         plans.append(DevicePlan(index=gpu.index, name=gpu.name,
                                 memory=MemoryBreakdown(w, kv, c, cal.gpu_overhead_bytes),
@@ -168,20 +181,29 @@ def evaluate_split(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: in
                                 n_blocks=n_blocks, output=output,
                                 main=(g == split.main_gpu) if split.mode != "layer" else g == visible[0]))
     w_cpu = (sum(shape.block_bytes[i] for i in cpu_blocks) + shape.token_embd_bytes + shape.other_bytes
-             + (0 if devices[n] >= 0 else shape.output_bytes - tied_copy))
+             + (0 if devices[n] >= 0 else shape.output_bytes - tied_copy) + experts_in_ram)
     c_cpu = gpu_compute_buffers(shape, n_ctx, ngl, n_ubatch, flash_attn)[1] if plans else \
         compute_buffer_bytes(shape, n_ctx, n_ubatch, flash_attn)
+    c_cpu += moe_extra if (cpu_blocks or cpu_experts) else 0
     cpu = MemoryBreakdown(w_cpu, kv_bytes(shape, cpu_blocks, n_ctx, kv_type), c_cpu,
                           cal.host_overhead_bytes + shape.n_vocab * 4)
-    seconds = decode_seconds(shape, hw, devices, split, kv_b, kv_type, cal)
-    return _assemble(shape, hw, ngl, n_ctx, kv_type, flash_attn, split, weights, tuple(plans), cpu, seconds, cal, goal)
+    seconds = decode_seconds(shape, hw, devices, split, kv_b, kv_type, cal, cpu_experts)
+    plan = _assemble(shape, hw, ngl, n_ctx, kv_type, flash_attn, split, weights, tuple(plans), cpu, seconds, cal, goal)
+    if not cpu_experts:
+        return plan
+    note = f"the experts of {len(cpu_experts)} of {n} layers in RAM ({experts_in_ram / GIB:.1f} GiB)"
+    return replace(plan, n_cpu_moe=moe_n, fit="partial" if plan.fit == "full_gpu" else plan.fit,
+                   reasons=plan.reasons + (note,))
 
 
 def decode_seconds(shape: ModelShape, hw: Hardware, devices: Sequence[int], split: Split, kv_b: float,
-                   kv_type: str, cal: Calibration) -> float:
-    """Seconds per token at batch 1 (the roofline of ``core.planner``, per GPU)."""
+                   kv_type: str, cal: Calibration, cpu_experts: Sequence[int] = ()) -> float:
+    """Seconds per token at batch 1 (the roofline of ``core.planner``, per GPU). An MoE block is read
+    as far as a token is routed (``active_block_bytes``); experts in RAM are read there."""
     n, ctx = shape.n_layer, cal.eval_context
-    layer_bytes = [shape.block_bytes[i] + ctx * shape.kv_bytes_per_token(i, kv_b, kv_b) for i in range(n)]
+    moved = {i: shape.block_expert_bytes(i) * shape.n_expert_used / shape.n_expert for i in cpu_experts}
+    layer_bytes = [shape.active_block_bytes(i) - moved.get(i, 0.0) + ctx * shape.kv_bytes_per_token(i, kv_b, kv_b)
+                   for i in range(n)]
     per_layer = cal.gpu_layer_overhead_s + (cal.gpu_quantized_kv_layer_s if kv_type != "f16" else 0.0)
     seconds = shape.n_vocab * cal.sampling_s_per_vocab
     on_gpu = [i for i in range(n) if devices[i] >= 0]
@@ -193,8 +215,9 @@ def decode_seconds(shape: ModelShape, hw: Hardware, devices: Sequence[int], spli
         total = len(split.weights)
         shares = [w / sum(split.weights) for w in split.weights]
         slowest = max(shares[g] / rate(g) for g in range(total))
-        seconds += sum(shape.block_bytes[i] for i in on_gpu) * slowest
-        seconds += sum(layer_bytes[i] - shape.block_bytes[i] for i in on_gpu) / rate(split.main_gpu)
+        read = [shape.active_block_bytes(i) - moved.get(i, 0.0) for i in on_gpu]
+        seconds += sum(read) * slowest
+        seconds += sum(layer_bytes[i] - r for i, r in zip(on_gpu, read)) / rate(split.main_gpu)
         links = [pcie_bytes_per_s(g) or DEFAULT_PCIE_BYTES_PER_S for g in hw.gpus]
         per_sync = ROW_SYNC_S + (total - 1) * 2 * 4 * shape.n_ff / min(links)
         seconds += len(on_gpu) * ROW_MATMULS_PER_LAYER * per_sync
@@ -205,15 +228,21 @@ def decode_seconds(shape: ModelShape, hw: Hardware, devices: Sequence[int], spli
         seconds += shape.output_bytes / rate(devices[n])
     if on_gpu or devices[n] >= 0:
         seconds += per_layer * (len(on_gpu) + 1)
+        if shape.is_moe:
+            seconds += cal.gpu_moe_layer_s * len(on_gpu)
         used = sorted({d for d in devices if d >= 0})
         if split.mode == "layer":
             seconds += HANDOVER_S * (len(used) - 1)
-    cpu_bytes = sum(layer_bytes[i] for i in range(n) if devices[i] < 0) + (shape.output_bytes if devices[n] < 0 else 0)
+    cpu_bytes = (sum(layer_bytes[i] for i in range(n) if devices[i] < 0) + (shape.output_bytes if devices[n] < 0 else 0)
+                 + sum(moved.values()))
     if cpu_bytes:
         ram_bw = (hw.ram_bandwidth_bytes_per_s or cal.default_ram_bandwidth) * cal.cpu_efficiency
         seconds += cpu_bytes / min(ram_bw, max(hw.cpu_physical_cores, 1) * cal.cpu_core_bytes_per_s)
-        if on_gpu:
+        if on_gpu and len(on_gpu) < n:
             seconds += cal.partial_sync_s
+    seconds += cal.cpu_moe_layer_s * len(cpu_experts)
+    if shape.is_moe:
+        seconds += cal.cpu_moe_block_s * sum(1 for i in range(n) if devices[i] < 0)
     return seconds
 
 

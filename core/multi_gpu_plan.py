@@ -110,9 +110,10 @@ def _repair(shape: ModelShape, hw: Hardware, ngl: int, counts: list[int], mode: 
 
 
 def _candidates(shape: ModelShape, hw: Hardware, ngl: int, n_ctx: int, kv_type: str, flash_attn: bool,
-                n_ubatch: int, cal: Calibration, modes: Iterable[str], main_gpu: Optional[int]) -> list[tuple[str, Plan]]:
+                n_ubatch: int, cal: Calibration, modes: Iterable[str], main_gpu: Optional[int],
+                n_cpu_moe: int = 0) -> list[tuple[str, Plan]]:
     def ev(split: Split) -> Plan:
-        return evaluate_split(shape, hw, ngl, n_ctx, split, kv_type, flash_attn, n_ubatch, cal)
+        return evaluate_split(shape, hw, ngl, n_ctx, split, kv_type, flash_attn, n_ubatch, cal, n_cpu_moe=n_cpu_moe)
 
     usable = [max(g.free_bytes - cal.vram_margin_bytes - cal.gpu_overhead_bytes, 0) for g in hw.gpus]
     found: list[tuple[str, Plan]] = []
@@ -153,10 +154,27 @@ def _choose(found: list[tuple[str, Plan]], auto: bool) -> Optional[tuple[str, Pl
 
 def fastest_split(shape: ModelShape, hw: Hardware, n_ctx: int, kv_type: str, flash_attn: bool = True,
                   n_ubatch: int = 512, cal: Calibration = Calibration(), choice: SplitChoice = SplitChoice(),
-                  n_gpu_layers: Optional[int] = None) -> Plan:
+                  n_gpu_layers: Optional[int] = None, n_cpu_moe: Optional[int] = None) -> Plan:
     """The fastest plan over split choices (and, unless given, over the number of GPU layers) at
-    one context and KV type; ``choice`` fixes what the user chose. The plan is ``no_fit`` (with
-    reasons) when nothing fits."""
+    one context and KV type; ``choice`` fixes what the user chose. An MoE model also gets expert
+    offload (every layer on the GPUs, the experts of the first N layers in RAM), kept only when
+    predicted faster than the best layer offload; ``n_cpu_moe`` given: exactly that. The plan is
+    ``no_fit`` (with reasons) when nothing fits."""
+    if n_cpu_moe is None and shape.is_moe and n_gpu_layers is None:
+        layered = fastest_split(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal, choice, None, 0)
+        if layered.fit == "full_gpu":
+            return layered
+        expert = _expert_offload(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal, choice)
+        if expert is None or (layered.fit != "no_fit" and layered.tokens_per_s >= expert.tokens_per_s):
+            note = (f"layer offload ({layered.tokens_per_s:.1f} tokens/s) is faster here than the best expert offload "
+                    f"({expert.tokens_per_s:.1f} tokens/s, experts of {expert.n_cpu_moe} layers in RAM)"
+                    if expert is not None and layered.fit != "no_fit" else "")
+            return replace(layered, reasons=layered.reasons + ((note,) if note else ()))
+        note = ("" if layered.fit == "no_fit" else f"expert offload ({expert.tokens_per_s:.1f} tokens/s) is faster "
+                f"than the best layer offload ({layered.tokens_per_s:.1f} tokens/s, {layered.n_gpu_layers} of "
+                f"{shape.n_layer + 1} layers on the GPUs)")
+        return replace(expert, reasons=expert.reasons + ((note,) if note else ()))
+    moe = n_cpu_moe or 0
     mode, weights, main_gpu = choice.mode, choice.weights, choice.main_gpu
     check_choice(choice, len(hw.gpus))
     if weights is not None:
@@ -168,10 +186,10 @@ def fastest_split(shape: ModelShape, hw: Hardware, n_ctx: int, kv_type: str, fla
         if weights is not None:
             split = Split("none" if mode == "none" else (mode if mode != "auto" else "layer"), tuple(weights),
                           main_gpu or 0)
-            plan = evaluate_split(shape, hw, ngl, n_ctx, split, kv_type, flash_attn, n_ubatch, cal)
+            plan = evaluate_split(shape, hw, ngl, n_ctx, split, kv_type, flash_attn, n_ubatch, cal, n_cpu_moe=moe)
             return _explain(plan, [("as asked", plan)], "as asked", hw) if _fits(plan) else None
-        chosen = _choose(_candidates(shape, hw, ngl, n_ctx, kv_type, flash_attn, n_ubatch, cal, modes, main_gpu),
-                         auto=mode == "auto")
+        chosen = _choose(_candidates(shape, hw, ngl, n_ctx, kv_type, flash_attn, n_ubatch, cal, modes, main_gpu,
+                                     moe), auto=mode == "auto")
         return _explain(chosen[1], chosen[2], chosen[0], hw) if chosen is not None else None
 
     def failure(ngl: int) -> Plan:
@@ -180,7 +198,7 @@ def fastest_split(shape: ModelShape, hw: Hardware, n_ctx: int, kv_type: str, fla
                  if weights is not None else
                  Split("layer" if mode in ("auto", "layer") else mode,
                        tuple(_proportional(ngl, [g.free_bytes for g in hw.gpus])), main_gpu or 0))
-        return evaluate_split(shape, hw, ngl, n_ctx, split, kv_type, flash_attn, n_ubatch, cal)
+        return evaluate_split(shape, hw, ngl, n_ctx, split, kv_type, flash_attn, n_ubatch, cal, n_cpu_moe=moe)
 
     if n_gpu_layers is not None:
         ngl = n_gpu_layers if n_gpu_layers >= 0 else n_all
@@ -214,6 +232,25 @@ def fastest_split(shape: ModelShape, hw: Hardware, n_ctx: int, kv_type: str, fla
     if _fits(cpu) and n_gpu_layers in (None, 0):
         return cpu
     return failure(n_all) if n_gpu_layers is None else cpu
+
+
+def _expert_offload(shape: ModelShape, hw: Hardware, n_ctx: int, kv_type: str, flash_attn: bool, n_ubatch: int,
+                    cal: Calibration, choice: SplitChoice) -> Optional[Plan]:
+    """Every layer on the GPUs with the experts of the fewest first layers in RAM that lets a split
+    fit (more experts in RAM need less VRAM: a binary search), or None."""
+    def at(n: int) -> Plan:
+        return fastest_split(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal, choice, -1, n)
+
+    lo, hi = 1, shape.n_layer
+    if at(hi).fit == "no_fit":
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if at(mid).fit != "no_fit":
+            hi = mid
+        else:
+            lo = mid + 1
+    return at(hi)
 
 
 def _least_bytes(shape: ModelShape, ngl: int, n_ctx: int, kv_type: str) -> int:

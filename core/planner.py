@@ -189,7 +189,7 @@ def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_
     if _several_gpus(hw):
         from core.multi_gpu_plan import SplitChoice, fastest_split
         return replace(fastest_split(shape, hw, n_ctx, kv_type, flash_attn, n_ubatch, cal, gpu_split or SplitChoice(),
-                                     n_gpu_layers=n_gpu_layers), goal=goal)
+                                     n_gpu_layers=n_gpu_layers, n_cpu_moe=n_cpu_moe), goal=goal)
     reasons: list[str] = []
     if not hw.can_offload:
         if n_gpu_layers not in (0,) and hw.has_gpu:
@@ -323,8 +323,8 @@ def _fastest_at(shape: ModelShape, hw: Hardware, n_ctx: int, flash_attn: bool, n
     layer on the GPU, the experts of N layers in RAM); ``n_cpu_moe`` fixed: that many, any layers."""
     if _several_gpus(hw):
         from core.multi_gpu_plan import SplitChoice, fastest_split
-        best = _best([fastest_split(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal, gpu_split or SplitChoice())
-                      for kv in kv_types])
+        best = _best([fastest_split(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal, gpu_split or SplitChoice(),
+                                    n_cpu_moe=n_cpu_moe) for kv in kv_types])
         if best is None:  # every GPU too full even for llama.cpp's CUDA buffers: hide them
             best = _best([evaluate_gpu_hidden(shape, hw, n_ctx, kv, flash_attn, n_ubatch, cal) for kv in kv_types])
         return best

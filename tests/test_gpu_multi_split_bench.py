@@ -49,7 +49,7 @@ def test_grid_budgets_and_summary():
     assert [c.mode for c in grid] == ["layer", "layer", "layer", "none", "none", "row"]
     assert grid[1].weights == (3.0, 1.0) and grid[4].main_gpu == 1
     assert [c.mode for c in split_grid(1)] == ["layer", "none"]
-    assert budgets_for(EQUAL_2, 10 * GIB) == [(3.5, 9.0), (7.5, 7.5)]
+    assert budgets_for(EQUAL_2, 10 * GIB) == [(3.5, 9.0), (7.5, 7.5), (3.0, 3.0)]
     assert budgets_for(machine(("A", 8, 8, 300)), 10 * GIB) == []
     limited = capped(UNEQUAL_3, (4.0, 100.0, 1.0))
     assert [g.free_bytes for g in limited.gpus] == [4 * GIB, UNEQUAL_3.gpus[1].free_bytes, GIB]

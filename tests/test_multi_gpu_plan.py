@@ -214,3 +214,32 @@ def test_all_gpus_full_runs_on_the_cpu_with_them_hidden_and_says_so_for_each(sha
     assert plan.fit == "cpu_only" and plan.extra.get("hide_gpus") and not plan.devices
     warning = cpu_fallback_warning(plan, full)
     assert "GPU A has 0.3 of 8.0 GiB free" in warning and "GPU B (GPU1) has 0.2 of 8.0 GiB free" in warning
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory):
+    path = write(tmp_path_factory.mktemp("moe") / "moe.gguf", "qwen3moe-30b-a3b", "Q4_K_M", None, sparse=True)
+    return shape_from_headers([read_header(path)], name="moe")
+
+
+def test_moe_experts_across_gpus_and_in_ram(moe):
+    small = machine(("A", 8, 7.5, 448), ("B", 8, 7.5, 448))
+    plan = evaluate(moe, small, -1, 8192, gpu_split=SplitChoice("layer", (1.0, 1.0)), n_cpu_moe=20)
+    in_ram = sum(moe.block_expert_bytes(i) for i in range(20))
+    full = evaluate(moe, small, -1, 8192, gpu_split=SplitChoice("layer", (1.0, 1.0)))
+    # exactly the experts of blocks 0..19 leave the GPUs (they are all on GPU0 here) and go to RAM
+    assert full.devices[0].memory.weights - plan.devices[0].memory.weights == in_ram
+    assert plan.devices[1].memory.weights == full.devices[1].memory.weights
+    assert plan.cpu.weights - full.cpu.weights == in_ram and plan.n_cpu_moe == 20
+    # no pipeline-parallel copies with experts overridden to RAM: less compute on each GPU
+    assert plan.devices[1].memory.compute < full.devices[1].memory.compute
+    assert plan.tokens_per_s < full.tokens_per_s
+
+
+def test_moe_optimiser_picks_expert_offload_over_two_small_gpus_when_faster(moe):
+    small = machine(("A", 8, 7.5, 448), ("B", 8, 7.5, 448))
+    plan = optimise(moe, small, n_ctx=8192)
+    assert plan.n_gpu_layers == moe.n_layer + 1 and 0 < plan.n_cpu_moe < moe.n_layer and _within_budget(plan)
+    assert any("expert offload" in r and "faster than the best layer offload" in r for r in plan.reasons)
+    roomy = optimise(moe, EQUAL_2, n_ctx=8192)
+    assert roomy.fit == "full_gpu" and roomy.n_cpu_moe == 0 and len([d for d in roomy.devices if d.n_layers]) == 2
