@@ -43,7 +43,7 @@ MODELS = {
     "q14": ("qwen25-14b", "Q4_K_M", False, "check"),
 }
 # Per-token decode cost without weights to speak of: one block, full GPU, vocabularies of 32k-152k.
-OVERHEAD_SHAPES = {"v32k": "llama2-7b", "v131k": "nemo-12b", "v152k": "qwen3moe-30b-a3b"}
+OVERHEAD_SHAPES = {"v32k": "llama2-7b", "v131k": "nemo-12b", "v152k": "qwen25-14b"}
 SMOKE_MODELS = {"tiny": ("tiny-moe", "Q8_0", True, "check")}
 BUDGET_MODELS = ("a3b", "a27", "q14", "tiny")
 
@@ -180,7 +180,7 @@ def main() -> int:
         if not path.exists():
             write(path, shape_name, "Q4_K_M", layers=1, sparse=True)
         shape = gguf_shape(path)
-        entry = {"label": label, "n_vocab": shape.n_vocab, "weights_bytes": shape.weight_bytes}
+        entry = {"label": label, "n_vocab": shape.n_vocab, "weights_bytes": shape.weight_bytes, "shape": shape.to_dict()}
         try:
             entry.update(measure(str(path), LoadOptions(n_ctx=1024, n_gpu_layers=-1, kv_type="f16"), 128))
         except Exception as exc:

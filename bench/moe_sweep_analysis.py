@@ -90,14 +90,13 @@ def overhead_fit(report: dict, cal: Calibration = Calibration()) -> dict:
     for e in report.get("overhead", []):
         if not e.get("tokens_per_s"):
             continue
-        predicted_s = 1 / e["predicted"]
-        modelled_sampling = e["n_vocab"] * cal.sampling_s_per_vocab
-        points.append((e["n_vocab"], 1 / e["tokens_per_s"] - (predicted_s - modelled_sampling)))
+        shape = ModelShape.from_dict(e["shape"]) if "shape" in e else None
+        predicted_s = 1 / (evaluate(shape, hw, -1, 1024, "f16", cal=cal).tokens_per_s if shape else e["predicted"])
+        points.append((e["n_vocab"], 1 / e["tokens_per_s"] - (predicted_s - cal.token_cost_s(e["n_vocab"]))))
     if len(points) < 2:
         return {}
     mx, my = mean(p[0] for p in points), mean(p[1] for p in points)
     slope = sum((x - mx) * (y - my) for x, y in points) / (sum((x - mx) ** 2 for x, _ in points) or 1)
-    del hw
     return {"sampling_s_per_vocab": max(slope, 0.0), "token_overhead_s": max(my - slope * mx, 0.0),
             "points": points}
 
@@ -107,10 +106,13 @@ def refit(report: dict, cal: Calibration = Calibration()) -> Calibration:
     GPU MoE layer cost from full offload, expert-layer cost from expert offload, CPU MoE block cost
     from layer offload, the MoE compute-buffer factor from VRAM. Change them in core/planner.py."""
     found = shapes(report)
-    fit_rows = [r for r in rows(report, cal) if r["role"] == "fit" and r["moe"]]
     new = cal
     if not report["machine"]["gpu"]:
         return new  # the constants are the GPU's
+    fit = overhead_fit(report, cal)  # first: every row's prediction includes the per-token cost
+    if fit:
+        new = replace(new, sampling_s_per_vocab=fit["sampling_s_per_vocab"], token_overhead_s=fit["token_overhead_s"])
+    fit_rows = [r for r in rows(report, new) if r["role"] == "fit" and r["moe"]]
     full = [r for r in fit_rows if r["full"]]
     if full:
         n = found[full[0]["model"]].n_layer
@@ -126,8 +128,8 @@ def refit(report: dict, cal: Calibration = Calibration()) -> Calibration:
         new = replace(new, cpu_moe_block_s=max(0.0, new.cpu_moe_block_s + mean(
             (1 / r["measured_tps"] - 1 / r["predicted_tps"]) / (found[r["model"]].n_layer - r["ngl"] + 1)
             for r in layer)))
-    moe_terms = [(r, moe_compute_bytes(found[r["model"]], 512, replace(cal, moe_compute_factor=1.0))) for r in fit_rows
-                 if r["vram_measured"]]
+    moe_terms = [(r, moe_compute_bytes(found[r["model"]], 512, replace(cal, moe_compute_factor=1.0)))
+                 for r in rows(report, new) if r["role"] == "fit" and r["moe"] and r["vram_measured"]]
     if moe_terms:
         new = replace(new, moe_compute_factor=max(0.0, cal.moe_compute_factor + mean(
             -r["error_mib"] * MIB / term for r, term in moe_terms if term)))
@@ -135,7 +137,8 @@ def refit(report: dict, cal: Calibration = Calibration()) -> Calibration:
 
 
 def constants(cal: Calibration) -> dict:
-    keys = ("gpu_moe_layer_s", "cpu_moe_layer_s", "cpu_moe_block_s", "moe_compute_factor", "sampling_s_per_vocab")
+    keys = ("gpu_moe_layer_s", "cpu_moe_layer_s", "cpu_moe_block_s", "moe_compute_factor", "sampling_s_per_vocab",
+            "token_overhead_s")
     return {k: v for k, v in asdict(cal).items() if k in keys}
 
 

@@ -205,7 +205,7 @@ def decode_seconds(shape: ModelShape, hw: Hardware, devices: Sequence[int], spli
     layer_bytes = [shape.active_block_bytes(i) - moved.get(i, 0.0) + ctx * shape.kv_bytes_per_token(i, kv_b, kv_b)
                    for i in range(n)]
     per_layer = cal.gpu_layer_overhead_s + (cal.gpu_quantized_kv_layer_s if kv_type != "f16" else 0.0)
-    seconds = shape.n_vocab * cal.sampling_s_per_vocab
+    seconds = cal.token_cost_s(shape.n_vocab)
     on_gpu = [i for i in range(n) if devices[i] >= 0]
 
     def rate(g: int) -> float:

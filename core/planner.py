@@ -40,11 +40,19 @@ class Calibration:
     cpu_efficiency: float = 0.62              # share of measured RAM bandwidth reached in decode
     cpu_core_bytes_per_s: float = 4.5e9       # quantised weights one core can multiply per second
     sampling_s_per_vocab: float = 6.2e-9      # sampling over the vocabulary, per token
+    # The engine's own cost per token beyond weights and sampling (its loop, the logits' way out).
+    # Measured, not assumed: the one-block rows of the issue-11 GPU sweep fit it with sampling_s_per_vocab
+    # (bench/analyse_sweep.py); 0 until then, since the fitted per-layer costs above absorbed it so far.
+    token_overhead_s: float = 0.0
     partial_sync_s: float = 150e-6            # per token, when the model is split GPU/CPU
     default_ram_bandwidth: float = 20e9       # when the machine's is unknown
     vram_margin_bytes: int = 256 * MIB        # kept free on the GPU (predictions are within ~64 MiB)
     ram_margin_bytes: int = 1 * GIB           # kept free in RAM
     eval_context: int = 256                   # context at which decode speed is predicted
+
+    def token_cost_s(self, n_vocab: int) -> float:
+        """Seconds per decoded token that do not depend on where the weights are."""
+        return n_vocab * self.sampling_s_per_vocab + self.token_overhead_s
     kv_ram_layer_s: float = 40e-6             # per GPU layer per token with the KV cache in RAM (two copies, one sync)
     # Mixture of experts. First estimates from the issue-11 anchors (a 30B-A3B on an H200: 211 tokens/s
     # full GPU through the app's engine; llama-bench -ncmoe 16 at 91); refit them from the GPU sweep
@@ -150,7 +158,7 @@ def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str
         gpu_bytes += head
     else:
         cpu_bytes += head
-    seconds = shape.n_vocab * cal.sampling_s_per_vocab
+    seconds = cal.token_cost_s(shape.n_vocab)
     if gpu_bytes:
         gpu = hw.gpus[0]
         bandwidth = (gpu.bandwidth_bytes_per_s or 300e9) * cal.gpu_efficiency

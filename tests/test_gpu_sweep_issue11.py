@@ -71,7 +71,7 @@ def test_the_refit_recovers_known_constants(tmp_path):
     hw = Hardware(gpus=(gpu,), ram_total_bytes=256 * GIB, ram_available_bytes=256 * GIB, cpu_physical_cores=16,
                   ram_bandwidth_bytes_per_s=150e9, llama_gpu_offload=True)
     truth = replace(Calibration(), gpu_moe_layer_s=31e-6, cpu_moe_layer_s=170e-6, cpu_moe_block_s=90e-6,
-                    moe_compute_factor=1.7)
+                    moe_compute_factor=1.7, token_overhead_s=400e-6, sampling_s_per_vocab=5e-9)
     configs = [(49, 0, 8192, "f16"), (49, 0, 4096, "q8_0"), (49, 16, 4096, "f16"), (49, 30, 4096, "f16"),
                (30, 0, 4096, "q4_0"), (12, 0, 4096, "f16")]
     report = {"machine": {"gpu": asdict(gpu), "ram_bandwidth": 150e9, "ram_total": 256 * GIB, "cores": 16},
@@ -80,8 +80,15 @@ def test_the_refit_recovers_known_constants(tmp_path):
         real = evaluate(shape, hw, ngl, ctx, kv, cal=truth, n_cpu_moe=n)
         report["rows"].append({"model": "a3b", "ngl": ngl, "n_cpu_moe": n, "ctx": ctx, "kv": kv,
                                "tokens_per_s": 1 / (1 / real.tokens_per_s), "nvml_worker_bytes": real.vram_bytes})
+    report["overhead"] = []
+    for name in ("llama2-7b", "nemo-12b", "qwen25-14b"):  # one block each: 32k, 131k, 152k vocabularies
+        small = shape_from_headers([read_header(write(tmp_path / f"{name}.gguf", name, "Q4_K_M", layers=1,
+                                                      sparse=True))])
+        report["overhead"].append({"n_vocab": small.n_vocab, "shape": small.to_dict(),
+                                   "tokens_per_s": evaluate(small, hw, -1, 1024, "f16", cal=truth).tokens_per_s})
     fitted = refit(report)
-    for key in ("gpu_moe_layer_s", "cpu_moe_layer_s", "cpu_moe_block_s", "moe_compute_factor"):
+    for key in ("gpu_moe_layer_s", "cpu_moe_layer_s", "cpu_moe_block_s", "moe_compute_factor", "token_overhead_s",
+                "sampling_s_per_vocab"):
         assert getattr(fitted, key) == pytest.approx(getattr(truth, key), rel=0.05), key
     assert getattr(fitted, "gpu_moe_layer_s") != Calibration().gpu_moe_layer_s
 
