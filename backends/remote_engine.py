@@ -31,13 +31,37 @@ MAX_REDIRECTS = 3
 _CANCEL_POLL_S = 0.05
 
 
+class RemoteHealth:
+    """What the Resources tab shows for a remote engine instead of a local placement: replies and
+    errors counted here, the last measured speed and the last error. Shared by the app's backends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.replies = 0
+        self.errors = 0
+        self.last_stats: Optional[GenerationStats] = None
+        self.last_error: Optional[str] = None
+        self.last_error_at: Optional[float] = None  # time.time()
+
+    def reply(self, stats: GenerationStats) -> None:
+        with self._lock:
+            self.replies += 1
+            self.last_stats = stats
+
+    def error(self, message: str) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_error, self.last_error_at = message, time.time()
+
+
 class RemoteBackend:
     """Backend protocol over HTTP. ``endpoints`` resolves a name to its endpoint (with the key)."""
 
     name = "remote"
 
     def __init__(self, endpoints: Callable[[str], Optional[RemoteEndpoint]],
-                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S, health: Optional[RemoteHealth] = None) -> None:
+        self.health = health or RemoteHealth()
         self._endpoints = endpoints
         self._connect_timeout_s = connect_timeout_s
         # No proxies from the environment: the key goes to the address the admin typed, nowhere else.
@@ -143,6 +167,7 @@ class RemoteBackend:
             try:
                 response = self._send(endpoint, "GET", "/models", None, LIST_TIMEOUT_S, stream=False)
             except BackendError as exc:
+                self.health.error(str(exc))
                 raise ModelLoadError(str(exc)) from None
             if response.status_code != 200:
                 raise self._status_error(endpoint, response, spec.model_path, loading=True)
@@ -193,7 +218,17 @@ class RemoteBackend:
         if info is None or endpoint is None:
             raise NotLoadedError("No model is loaded.")
         progress = GenerationProgress(started=time.monotonic(), n_ctx=info.n_ctx)
-        return ChatStream(self._stream(endpoint, self._model, messages, params, cancel, progress), progress)
+        return ChatStream(self._recorded(self._stream(endpoint, self._model, messages, params, cancel, progress)),
+                          progress)
+
+    def _recorded(self, stream: Generator[str, None, GenerationStats]) -> Generator[str, None, GenerationStats]:
+        try:
+            stats = yield from stream
+        except BackendError as exc:
+            self.health.error(str(exc))
+            raise
+        self.health.reply(stats)
+        return stats
 
     def _stream(self, endpoint: RemoteEndpoint, model: str, messages: list[dict] | str, params: SamplingOptions,
                 cancel: threading.Event, progress: GenerationProgress) -> Generator[str, None, GenerationStats]:
@@ -332,12 +367,13 @@ def _close_on_cancel(response: httpx.Response, cancel: threading.Event, done: th
             return
 
 
-def backend_factory(endpoints: Callable[[str], Optional[RemoteEndpoint]]) -> Callable[[str], object]:
+def backend_factory(endpoints: Callable[[str], Optional[RemoteEndpoint]],
+                    health: Optional[RemoteHealth] = None) -> Callable[[str], object]:
     """The ModelManager's factory: remote engines here, local runtimes in worker processes."""
 
     def make(name: str):
         if name == RemoteBackend.name:
-            return RemoteBackend(endpoints)
+            return RemoteBackend(endpoints, health=health)
         from backends.worker_client import WorkerBackend
 
         return WorkerBackend(name)
@@ -345,6 +381,6 @@ def backend_factory(endpoints: Callable[[str], Optional[RemoteEndpoint]]) -> Cal
     return make
 
 
-def backend_for_store(store) -> Callable[[str], object]:
+def backend_for_store(store, health: Optional[RemoteHealth] = None) -> Callable[[str], object]:
     """``backend_factory`` over a ``services.remote_endpoints.RemoteEndpointStore``."""
-    return backend_factory(store.get)
+    return backend_factory(store.get, health)

@@ -35,7 +35,7 @@ def make_context(settings: AppSettings):
     from services.hardware import probe
     from services.planning import Planning
 
-    from backends.remote_engine import backend_factory
+    from backends.remote_engine import RemoteHealth, backend_factory
     from services.remote_endpoints import RemoteEndpointStore
 
     # One planning object for the manager and every screen: the same machine reading, calibration
@@ -46,13 +46,15 @@ def make_context(settings: AppSettings):
     if settings.remote is not None:
         endpoint = settings.remote[0]
         remotes.add(endpoint.name, endpoint.base_url, endpoint.api_key, replace=True)
-    manager = ModelManager(backend_factory=backend_factory(remotes.get), planner=LoadPlanner(planning))
+    remote_health = RemoteHealth()
+    manager = ModelManager(backend_factory=backend_factory(remotes.get, remote_health), planner=LoadPlanner(planning))
     catalog = functools.partial(build_catalog, settings.cli_model, settings.models_dir)
     from services.conversation_store import FILE_NAME, ConversationStore
 
     return AppContext(settings=settings, manager=manager, catalog=catalog, hardware=hardware,
                       loaded_plan=lambda: manager.state().plan, planning=planning,
-                      conversations=ConversationStore(settings.data_dir / FILE_NAME), remotes=remotes)
+                      conversations=ConversationStore(settings.data_dir / FILE_NAME), remotes=remotes,
+                      remote_health=remote_health)
 
 
 def _print_urls(settings: AppSettings) -> None:

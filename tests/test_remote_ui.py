@@ -97,3 +97,34 @@ def test_unknown_or_unreachable_endpoints_are_plain_messages(ctx, server):
 def test_without_logins_the_one_user_is_the_admin(ctx, server):
     ctx.settings = dataclasses.replace(ctx.settings, auth=(), admins=())
     assert "Added" in rh.add(ctx, _Request(None), "box", server.url, SERVER_KEY)[0]
+
+
+def test_resources_tab_shows_the_remote_speed_and_errors(tmp_path, server):
+    from backends.remote_engine import RemoteHealth
+    from ui.resources_handlers import placement_text
+
+    settings = AppSettings(data_dir=tmp_path)
+    store, health = RemoteEndpointStore(tmp_path), RemoteHealth()
+    manager = ModelManager(backend_factory=backend_for_store(store, health))
+    ctx = AppContext(settings, manager, lambda: None, remotes=store, remote_health=health)
+    try:
+        rh.add(ctx, ADMIN, "box", server.url, SERVER_KEY)
+        rh.load(ctx, ADMIN, "box", ALIAS)
+        list(manager.stream_chat([{"role": "user", "content": "Hi"}], SamplingOptions(max_tokens=6),
+                                 threading.Event()))
+        card = placement_text(ctx, None)
+        assert "remote engine **box**" in card and "Replies: 1 · errors: 0" in card and "tok/s" in card
+        manager.load(dataclasses.replace(manager.state().spec,
+                                         options=manager.state().spec.options.model_copy(update={"timeout_s": 1.0})))
+        server.pause()
+        try:
+            with pytest.raises(Exception, match="timeout"):
+                list(manager.stream_chat([{"role": "user", "content": "Hi"}], SamplingOptions(max_tokens=4),
+                                         threading.Event()))
+        finally:
+            server.resume()
+        card = placement_text(ctx, None)
+        assert "errors: 1" in card and "Last error" in card and "timeout" in card
+        assert manager.state().status == "ready"  # the app keeps serving; a retry can work
+    finally:
+        manager.close()

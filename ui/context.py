@@ -87,6 +87,7 @@ class AppContext:
     loaded_plan: Callable[[], Optional[Plan]] = field(default=lambda: None)
     # The admin's remote engines (services.remote_endpoints.RemoteEndpointStore); None: none can be added.
     remotes: Optional[Any] = None
+    remote_health: Optional[Any] = None  # backends.remote_engine.RemoteHealth: the Resources tab's remote card
     # The one planning object (services.planning.Planning): this machine, its calibration and model
     # facts, shared with the model manager's planner. Made from ``hardware`` when not given.
     planning: Optional[Any] = None

@@ -4,6 +4,7 @@ output, message or log)."""
 from __future__ import annotations
 
 import html
+import time
 from typing import Any, Optional
 
 import gradio as gr
@@ -119,3 +120,23 @@ def remove(ctx: AppContext, request: Any, name: Any) -> tuple[str, str, Any]:
     except (RemoteConfigError, OSError) as exc:
         raise gr.Error(str(exc)) from None
     return (f"Removed **{html.escape(endpoint.name)}**.{note}", *table(ctx))
+
+
+def resources_card(info, health) -> str:
+    """The Resources tab's card for a remote model: its measured speed and errors (its placement is
+    the remote server's business)."""
+    endpoint = html.escape(info.path.split(":", 1)[0])
+    lines = [f"**{html.escape(info.name)}** runs on the remote engine **{endpoint}**: no local GPU or worker "
+             "memory; speed is measured here, on each reply."]
+    if health is None:
+        return lines[0]
+    stats = health.last_stats
+    lines.append(f"Replies: {health.replies} · errors: {health.errors}")
+    if stats is not None:
+        speed = "n/a" if stats.measured_tokens_per_s is None else f"{stats.measured_tokens_per_s:.1f}"
+        lines.append(f"Last reply: {stats.completion_tokens} tokens · {speed} tok/s · time to first token "
+                     f"{stats.ttft_s * 1000:.0f} ms")
+    if health.last_error:
+        when = time.strftime("%H:%M:%S", time.localtime(health.last_error_at)) if health.last_error_at else ""
+        lines.append(f"Last error ({when}): {html.escape(health.last_error)}")
+    return "\n\n".join(lines)

@@ -50,6 +50,10 @@ def placement_text(ctx: AppContext, latest: Optional[ResourceSample]) -> str:
     waiting = _not_ready(state)
     if waiting:
         return waiting
+    if state.info is not None and state.info.backend == "remote":
+        from ui.remote_handlers import resources_card
+
+        return resources_card(state.info, ctx.remote_health)
     model = loaded_model(state.info)
     worker_vram = {g.index: g.process_bytes("worker") for g in latest.gpus} if latest else {}
     gen = latest.generation if latest else None
