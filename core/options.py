@@ -230,11 +230,16 @@ class SamplingOptions(_Options):
         return value
 
 
-def describe_validation_error(exc: ValidationError, what: str = "options") -> str:
-    """One readable line per problem, e.g. ``temperature: must be <= 5 (got 9)``."""
+def describe_validation_error(exc: ValidationError, what: str = "options",
+                              labels: Optional[dict[str, str]] = None) -> str:
+    """One readable line per problem, e.g. ``temperature: must be <= 5 (got 9)``; with ``labels``
+    (field name -> the label users see) the UI's words instead of field names."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err.get("loc", ())) or what
+        path = [str(x) for x in err.get("loc", ())]
+        if labels and path and path[0] in labels:
+            path[0] = labels[path[0]]
+        loc = ".".join(path) or what
         msg = err.get("msg", "invalid")
         if "input" in err and not isinstance(err["input"], (dict, list)):
             msg = f"{msg} (got {err['input']!r})"

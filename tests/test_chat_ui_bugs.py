@@ -3,6 +3,7 @@
 (tests/test_browser_chat_life.py checks the same in Chromium.)"""
 from __future__ import annotations
 
+import os
 import warnings
 
 import gradio as gr
@@ -122,3 +123,29 @@ def test_bug5_library_handlers_are_queued_so_their_messages_reach_the_page(app):
     for name in ("reveal_model", "ask_delete", "stop", "cancel_download"):
         dep = next(d for d in deps(app) if d.api_name == name)
         assert dep.queue is not False, f"{name} runs outside the queue: a refusal would be an HTTP 500"
+
+
+def test_bug6_messages_use_the_labels_users_see_and_too_many_threads_are_refused(ctx):
+    from core.options import LoadOptions
+    from ui.option_widgets import options_from_values
+
+    with pytest.raises(gr.Error) as err:
+        options_from_values(LoadOptions, ("n_ctx",), [10], "load options")
+    assert "Context (tokens)" in err.value.message and "n_ctx" not in err.value.message
+    name = ctx.catalog().names[0]
+    too_many = (os.cpu_count() or 1) + 62
+    with pytest.raises(gr.Error, match="CPU core"):
+        h.load_model(ctx, name, [1024, "auto", "f16", True, str(too_many), 512, "auto", "auto", "auto", "auto"])
+    assert ctx.manager.state().status == "empty"  # refused before any load
+
+
+def test_bug6_the_model_panel_can_show_the_loaded_options_after_a_reload(app):
+    from core.options import LoadOptions
+    from ui.option_widgets import options_from_values, widget_values
+
+    loaded = LoadOptions(n_ctx=1024, n_threads=1, kv_type="q8_0", n_batch=256)
+    shown = widget_values(LoadOptions, loaded, h.LOAD_FIELDS)
+    assert options_from_values(LoadOptions, h.LOAD_FIELDS, shown, "load options") == loaded
+    load_panel = by_id(app, "load-n_ctx")
+    assert any(d.targets and d.targets[0][1] == "load" and load_panel in d.outputs for d in deps(app)), \
+        "nothing sets the Model panel when the page (re)loads"

@@ -6,6 +6,7 @@ cleared once, when a message is taken: ``take_message``), so a draft typed durin
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Iterator, Sequence
 
@@ -164,6 +165,10 @@ def load_model(ctx: AppContext, name: Any, load_values: Sequence[Any]) -> str:
     except UnknownModelError as exc:
         raise gr.Error(str(exc)) from None
     options = options_from_values(LoadOptions, LOAD_FIELDS, load_values, "load options")
+    cores = os.cpu_count() or 1
+    if options.n_threads is not None and options.n_threads > cores:
+        raise gr.Error(f"Threads: this machine has {cores} CPU core{'s' if cores > 1 else ''}; pick at most "
+                       f"{cores} (more threads than cores slow llama.cpp down), or auto.")
     if entry.backend == "transformers":
         # The panel's fields are llama.cpp's; a transformers folder takes its own defaults (NF4)
         # with the context asked for.
@@ -178,6 +183,9 @@ def load_model(ctx: AppContext, name: Any, load_values: Sequence[Any]) -> str:
     state = ctx.manager.state()
     if state.plan is not None and state.plan.warning:
         gr.Warning(state.plan.warning)
+    if state.status == "ready" and state.info is not None and options.n_ctx and state.info.n_ctx < options.n_ctx:
+        gr.Warning(f"Context {options.n_ctx:,} is more than this model can use here: it was loaded with "
+                   f"{state.info.n_ctx:,} (trained {state.info.n_ctx_train:,}).")
     return format_status(state)
 
 

@@ -9,7 +9,7 @@ from core.options import LoadOptions, SamplingOptions
 from ui import chat_handlers as h, conversation_handlers as ch, conversations_panel, share_panel
 from ui.access import require_admin, username
 from ui.context import AppContext
-from ui.option_widgets import build_widgets
+from ui.option_widgets import build_widgets, widget_values
 from ui.status import format_status, status_dict
 
 GENERATION = "generation"  # the reply events' concurrency group
@@ -100,6 +100,14 @@ def build(ctx: AppContext):
     def on_restore(request: gr.Request):
         return ch.restore(ctx, username(request))
 
+    def on_model_panel():
+        """After a reload the Model panel shows what is loaded, not the start-up defaults."""
+        spec = ctx.manager.state().spec
+        if spec is None or not isinstance(spec.options, LoadOptions):
+            return [gr.skip()] * (1 + len(h.LOAD_FIELDS))
+        name = spec.display_name if spec.display_name in ctx.catalog().names else gr.skip()
+        return [name, *widget_values(LoadOptions, spec.options, h.LOAD_FIELDS)]
+
     def on_load(request: gr.Request, name, *values):
         require_admin(ctx, request, "load a model")
         return h.load_model(ctx, name, values)
@@ -164,5 +172,9 @@ def build(ctx: AppContext):
 
     timer.tick(on_tick, None, [status, timer], api_visibility="private", queue=False)
     # Each user's latest conversation comes back when the page opens (the store keys it by login name).
-    return lambda app, tabs: app.load(on_restore, None, [chatbot, history, conv, system_prompt, panel.title],
-                                      api_name="restore_chat").then(**refresh)
+    def wire(app, tabs):
+        app.load(on_restore, None, [chatbot, history, conv, system_prompt, panel.title],
+                 api_name="restore_chat").then(**refresh)
+        app.load(on_model_panel, None, [model_choice, *[load_widgets[n] for n in h.LOAD_FIELDS]],
+                 api_visibility="private")
+    return wire

@@ -61,6 +61,23 @@ def build_widgets(model: type[BaseModel], values: BaseModel | None = None,
     return widgets
 
 
+def widget_values(model: type[BaseModel], values: BaseModel, only: Sequence[str]) -> list[Any]:
+    """What each widget of ``build_widgets`` shows for ``values`` (e.g. the loaded model's options
+    after a page reload), in ``only``'s order."""
+    specs = {spec["name"]: spec for spec in field_specs(model)}
+    out = []
+    for name in only:
+        spec, value = specs[name], getattr(values, name, None)
+        if name == "stop":
+            out.append("\n".join(value or ()))
+        elif spec["empty"]:
+            shown = ",".join(f"{v:g}" for v in value) if spec["list"] and value else value
+            out.append(spec["empty"] if value is None else str(shown))
+        else:
+            out.append(value)
+    return out
+
+
 def options_from_values(model: type[BaseModel], names: Sequence[str], values: Sequence[Any],
                         what: str) -> BaseModel:
     """Validate what a client sent; raise gr.Error with a readable message if it is wrong."""
@@ -98,6 +115,7 @@ def options_from_values(model: type[BaseModel], names: Sequence[str], values: Se
     try:
         return model(**data)
     except ValidationError as exc:
-        raise gr.Error(describe_validation_error(exc, what)) from None
+        labels = {spec["name"]: spec["title"] for spec in field_specs(model)}
+        raise gr.Error(describe_validation_error(exc, what, labels)) from None
     except (TypeError, ValueError) as exc:
         raise gr.Error(f"Invalid {what}: {exc}") from None
