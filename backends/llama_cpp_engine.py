@@ -24,7 +24,7 @@ from backends.llama_batch_loop import BatchLoop, Reply
 from backends.llama_params import llama_params, offload_kqv  # noqa: F401 (offload_kqv: tests import it here)
 from backends.llama_sampling import SamplerChain
 from backends.reply_loop import check_prompt_fits
-from core.chat_template import TemplateRenderError, TemplateSource, choose_template
+from core.chat_template import TemplateRenderError, TemplateSource, choose_template, render_prompt
 # Templates render in a child process under RLIMIT_AS and a wall-clock kill (issue 13).
 from services.template_process import check_template, render_chat_template
 from core.generation import GenerationProgress, GenerationStats
@@ -262,8 +262,8 @@ class LlamaCppEngine:
             prompt = messages
         else:
             try:
-                prompt = render_chat_template(self._template.text, messages,
-                                              bos_token=self._bos_text, eos_token=self._eos_text)
+                prompt = render_prompt(render_chat_template, self._template.text, messages,
+                                       bos_token=self._bos_text, eos_token=self._eos_text)
             except TemplateRenderError as exc:
                 raise TemplateError(str(exc)) from None
         add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))

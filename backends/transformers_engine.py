@@ -22,7 +22,7 @@ from typing import Generator, Optional
 from backends.base import (ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, OutOfMemoryError,
                            TemplateError, refuse_unsupported_sampling)
 from backends.reply_loop import Decoding, check_prompt_fits, reply_stats, stream_reply
-from core.chat_template import TemplateRenderError, TemplateSource, choose_template
+from core.chat_template import TemplateRenderError, TemplateSource, choose_template, render_prompt
 # Templates render in a child process under RLIMIT_AS and a wall-clock kill (issue 13).
 from services.template_process import check_template, render_chat_template
 from core.detokenize import IncrementalDetokenizer
@@ -219,8 +219,8 @@ class TransformersEngine:
             prompt = messages
         else:
             try:
-                prompt = render_chat_template(self._template.text, messages, bos_token=self._bos_text,
-                                              eos_token=self.tokenizer.eos_token or "")
+                prompt = render_prompt(render_chat_template, self._template.text, messages,
+                                       bos_token=self._bos_text, eos_token=self.tokenizer.eos_token or "")
             except TemplateRenderError as exc:
                 raise TemplateError(str(exc)) from None
         ids = self.tokenizer(prompt, add_special_tokens=False).input_ids

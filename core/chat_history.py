@@ -105,6 +105,14 @@ def flip_reply(history: History, step: Any) -> History:
                                    error=None, notice=None))
 
 
+def for_continue(history: History) -> History:
+    """The chat as it is, checked: its last message must be a reply with text to extend (e.g. one
+    cut by the token limit). The model continues it without a new user turn."""
+    if not history or history[-1].role != "assistant" or not history[-1].content.strip():
+        raise HistoryError("Nothing to continue: the last message is not a reply with text.")
+    return history
+
+
 def edit_user_message(history: History, index: Any, text: Any) -> History:
     """Replace the user message at ``index`` and forget everything after it."""
     if isinstance(index, bool) or not isinstance(index, int):

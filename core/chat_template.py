@@ -204,3 +204,31 @@ def check_template(source: TemplateSource, bos_token: str = "", eos_token: str =
             raise
         return render_chat_template(source.text, [dict(m) for m in SAMPLE_CONVERSATION[1:]],
                                     bos_token=bos_token, eos_token=eos_token)
+
+
+def continues_reply(messages: list[dict]) -> bool:
+    """A conversation that ends with an assistant message asks to continue that message (the
+    Continue button; on the API, a trailing assistant message)."""
+    return bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"
+
+
+def render_prompt(render: Callable[..., str], template: str, messages: list[dict], *, bos_token: str = "",
+                  eos_token: str = "") -> str:
+    """The prompt for ``messages`` through ``render`` (``render_chat_template`` or the process-isolated
+    one). A new reply gets the generation prompt; a trailing assistant message is continued: the
+    conversation is rendered without a generation prompt and cut right after that message's text, so
+    no end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, ...) separates it from the continuation."""
+    if not continues_reply(messages):
+        return render(template, messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=True)
+    text = render(template, messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=False)
+    content = messages[-1].get("content")
+    if not isinstance(content, str):
+        raise TemplateRenderError("Only a text reply can be continued.")
+    tail = content.rstrip()  # templates often trim; the continuation starts after the visible text
+    if not tail:
+        raise TemplateRenderError("There is no reply text to continue.")
+    at = text.rfind(tail)
+    if at < 0:
+        raise TemplateRenderError("This model's chat template changes the reply's text, so it cannot be "
+                                  "continued; send a new message instead.")
+    return text[: at + len(tail)]

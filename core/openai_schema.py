@@ -122,8 +122,10 @@ class ChatCompletionRequest(_Request):
             if "\x00" in text:
                 raise ApiRequestError("a message contains a NUL character")
             out.append({"role": message.role, "content": text})
-        if out[-1]["role"] == "assistant":
-            raise ApiRequestError("the last message must be from the user (or system)")
+        # A trailing assistant message is continued (prefill), through the template without an
+        # end-of-turn before the continuation (core.chat_template.render_prompt).
+        if out[-1]["role"] == "assistant" and not out[-1]["content"].strip():
+            raise ApiRequestError("a trailing assistant message is continued, so it must have text")
         return out
 
 

@@ -107,3 +107,32 @@ def test_chat_stop_and_regenerate_in_a_real_browser(page):
              and page.locator('#chatbot [data-testid="user"]').count() == 1, 5,
              "one user message and one reply (the regenerated reply replaced the stopped one)")
     page.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)
+
+
+def _reply_and_stats(page) -> tuple[str, str]:
+    """The last reply's text and its stats line (the footer may render as <sub> or, after some
+    markdown, as literal text: either way it is the last line that has "tok/s")."""
+    lines = bot_text(page).rstrip().split("\n")
+    if lines and "tok/s" in lines[-1]:
+        return "\n".join(lines[:-1]).strip(), lines[-1]
+    return "\n".join(lines).strip(), ""
+
+
+def test_continue_extends_a_reply_cut_by_the_token_limit(page):
+    if not page.locator("#sampling-max_tokens input").is_visible():
+        page.click("#sampling-accordion")
+    page.fill("#sampling-max_tokens input", "8")
+    page.fill("#message textarea", "Count from one to thirty in words, separated by commas.")
+    page.click("#send")
+    wait_for(lambda: _reply_and_stats(page)[1], 90, "the short reply", seen=lambda: bot_text(page)[-300:])
+    n_bots = page.locator('#chatbot [data-testid="bot"]').count()
+    cut, first_stats = _reply_and_stats(page)
+    assert "max tokens" in first_stats and cut  # cut by the token limit
+    page.click("#continue")
+    wait_for(lambda: _reply_and_stats(page)[1] not in ("", first_stats), 90, "the continuation's own stats",
+             seen=lambda: bot_text(page)[-300:])
+    grown, _ = _reply_and_stats(page)
+    assert len(grown) > len(cut) and grown.startswith(cut[:20]), (cut, grown)
+    # the reply was extended in place: no new user turn, no new reply bubble
+    assert page.locator('#chatbot [data-testid="bot"]').count() == n_bots
+    page.screenshot(path=str(ARTIFACTS / "browser-continue.png"), full_page=True)

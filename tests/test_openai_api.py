@@ -96,3 +96,19 @@ def test_lan_mode_needs_keys(tmp_path):
         assert ok.status_code == 200 and ok.json()["data"] == []
     finally:
         lan.stop()
+
+
+def test_a_trailing_assistant_message_is_continued(app, client):
+    user = {"role": "user", "content": "Count from one to thirty in words, separated by commas."}
+    first = client.chat.completions.create(model="any", messages=[user], max_tokens=8, temperature=0)
+    cut = first.choices[0].message.content
+    assert first.choices[0].finish_reason == "length" and cut.strip()
+    more = client.chat.completions.create(model="any", messages=[user, {"role": "assistant", "content": cut}],
+                                          max_tokens=8, temperature=0)
+    assert more.choices[0].message.content
+    # The continuation's prompt is the first prompt plus the cut reply: no end-of-turn (<|im_end|>\n,
+    # two tokens) and no new assistant header between them.
+    grown = more.usage.prompt_tokens - first.usage.prompt_tokens
+    assert first.usage.completion_tokens - 1 <= grown <= first.usage.completion_tokens + 1
+    r = httpx.post(app.url + "v1/chat/completions", json={"messages": [user, {"role": "assistant", "content": " "}]})
+    assert r.status_code == 400 and "continued" in r.json()["error"]["message"]

@@ -39,9 +39,12 @@ def test_bad_chat_requests(body, message):
         parse_request(ChatCompletionRequest, body).sampling()
 
 
-def test_last_message_must_not_be_the_assistant():
-    req = parse_request(ChatCompletionRequest, {"messages": [{"role": "assistant", "content": "x"}]})
-    with pytest.raises(ApiRequestError, match="last message"):
+def test_a_trailing_assistant_message_is_kept_to_be_continued_but_not_empty():
+    req = parse_request(ChatCompletionRequest, {"messages": [{"role": "user", "content": "Hi"},
+                                                             {"role": "assistant", "content": "Hello, I"}]})
+    assert req.chat_messages()[-1] == {"role": "assistant", "content": "Hello, I"}
+    req = parse_request(ChatCompletionRequest, {"messages": [{"role": "assistant", "content": "  "}]})
+    with pytest.raises(ApiRequestError, match="continued, so it must have text"):
         req.chat_messages()
 
 

@@ -16,10 +16,12 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.real_model
 
-# llama.cpp's own tool on the same file, text, context and batch (tools/perplexity of the sources
-# llama-cpp-python 0.3.36 vendors, built for CPU; see docs/BENCHMARKS.md "Quality check"):
+# llama.cpp's own tool on the same file, text, context and batch: tools/perplexity of the llama.cpp
+# sources that llama-cpp-python 0.3.36 vendors, built for CPU (cmake -DGGML_NATIVE=off -DLLAMA_CURL=off;
+# cmake --build . --target llama-perplexity), run on 2026-12-03 (docs/BENCHMARKS.md, "Quality check"):
 #   llama-perplexity -m SmolLM2-135M-Instruct.Q4_1.gguf -f assets/quality/gpl-3.0.txt -c 512 -b 512 --chunks 4 -t 2
-LLAMA_PERPLEXITY_4_CHUNKS = None  # filled in from the tool's output below
+#   -> [1]16.3211,[2]17.7185,[3]16.3002,[4]18.2554,  Final estimate: PPL = 18.2554 +/- 1.54930
+LLAMA_PERPLEXITY_4_CHUNKS = (18.2554, 1.54930)
 
 
 def _spec(path) -> LoadSpec:
@@ -86,3 +88,63 @@ def test_reference_with_other_vocabulary_is_refused(embedded_model, tmp_path):
     finally:
         manager.close()
     assert store.results(str(embedded_model)) == []
+
+
+def test_perplexity_equals_llama_cpp_perplexity_tool(embedded_model, tmp_path):
+    manager = ModelManager()
+    try:
+        run = run_quality(manager, _spec(embedded_model), QualityStore(tmp_path), QualityOptions(max_windows=4))
+    finally:
+        manager.close()
+    ppl, err = LLAMA_PERPLEXITY_4_CHUNKS
+    assert run.result.complete and run.result.windows_done == 4 and run.result.scored_tokens == 4 * 255
+    assert run.result.ppl == pytest.approx(ppl, rel=0.005)
+    assert run.result.ppl_error == pytest.approx(err, rel=0.01)
+
+
+TORCH_PPL = r"""
+import json, math, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+path, text_file, window, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+tok = AutoTokenizer.from_pretrained(path)
+model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+text = open(text_file, encoding="utf-8").read()
+text = text[:-1] if text.endswith("\n") else text
+ids = tok(text, add_special_tokens=False).input_ids
+bos = tok.bos_token_id if tok.bos_token_id is not None and tok("a").input_ids[:1] == [tok.bos_token_id] else None
+if bos is not None:
+    ids = [bos] + ids
+nll, count = 0.0, 0
+for i in range(n):
+    chunk = ids[i * window:(i + 1) * window]
+    if bos is not None:
+        chunk = [bos] + chunk[1:]
+    with torch.no_grad():
+        logits = model(torch.tensor([chunk])).logits[0].float()
+    first = window // 2
+    logp = torch.log_softmax(logits[first:window - 1], dim=-1)
+    target = torch.tensor(chunk[first + 1:])
+    nll += float(-logp[torch.arange(len(target)), target].sum())
+    count += len(target)
+print(json.dumps({"ppl": math.exp(nll / count), "count": count}))
+"""
+
+
+def test_transformers_perplexity_agrees_with_plain_torch(hf_checkpoint, tmp_path):
+    from core.options import TransformersLoadOptions
+    from services.quality import quality_text_path
+
+    spec = LoadSpec(str(hf_checkpoint), TransformersLoadOptions(quantization="bf16", n_ctx=512, n_threads=2),
+                    backend="transformers", display_name="hf")
+    manager = ModelManager()
+    try:
+        run = run_quality(manager, spec, QualityStore(tmp_path), QualityOptions(max_windows=2))
+    finally:
+        manager.close()
+    out = subprocess.run([sys.executable, "-c", TORCH_PPL, str(hf_checkpoint), str(quality_text_path()), "512", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plain = json.loads(out.stdout.strip().splitlines()[-1])
+    assert run.result.complete and run.result.scored_tokens == plain["count"] == 510
+    assert run.result.ppl == pytest.approx(plain["ppl"], rel=0.005)

@@ -15,7 +15,8 @@ import gradio as gr
 from backends.base import BackendError, LoadSpec
 from backends.turns import BusyError
 from core.chat_history import (History, HistoryError, add_user_message, check_system_prompt, content_text,
-                               edit_user_message, export_chat, flip_reply, for_regenerate, import_chat, model_messages,
+                               edit_user_message, export_chat, flip_reply, for_continue, for_regenerate,
+                               import_chat, model_messages,
                                to_display, with_reply)
 from core.model_catalog import UnknownModelError
 from core.options import LoadOptions, SamplingOptions, TransformersLoadOptions
@@ -50,10 +51,11 @@ def _check(fn, *args):
 
 
 def stream_reply(ctx: AppContext, session: str, history: History, system_prompt: str,
-                 sampling: SamplingOptions) -> Iterator[History]:
-    """Yield ``history`` with a growing assistant reply; the last item carries stats or an error."""
+                 sampling: SamplingOptions, prefix: str = "") -> Iterator[History]:
+    """Yield ``history`` with a growing assistant reply; the last item carries stats or an error.
+    ``prefix``: the reply being continued (``history`` then ends with it)."""
     cancel = ctx.cancels.start(session)
-    text = ""
+    text = prefix
     try:
         with ctx.manager.queue_turn() as turn:  # BusyError when the line is full
             try:
@@ -61,7 +63,7 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
             except BusyError:
                 if not cancel.is_set():
                     raise
-                yield with_reply(history, "", notice="Stopped before the reply started.")
+                yield with_reply(history, prefix, notice="Stopped before the reply started.")
                 return
             stream = ctx.manager.stream_chat(model_messages(history, system_prompt), sampling, cancel, turn=turn)
             try:
@@ -98,11 +100,11 @@ def _wait_in_line(ctx: AppContext, turn, history: History, cancel) -> Iterator[H
 
 
 def _stream_updates(ctx: AppContext, session: str, history: History, system_prompt: Any,
-                    sampling_values: Sequence[Any]) -> Iterator[Update]:
+                    sampling_values: Sequence[Any], prefix: str = "") -> Iterator[Update]:
     sampling = parse_sampling(sampling_values)
     system = _check(check_system_prompt, system_prompt)
     yield to_display(history), history
-    for current in stream_reply(ctx, session, history, system, sampling):
+    for current in stream_reply(ctx, session, history, system, sampling, prefix):
         yield to_display(current), current
 
 
@@ -136,6 +138,14 @@ def regenerate(ctx: AppContext, session: str, history: Any, system_prompt: Any,
                sampling_values: Sequence[Any]) -> Iterator[Update]:
     history = _check(for_regenerate, _history(history))
     yield from _stream_updates(ctx, session, history, system_prompt, sampling_values)
+
+
+def continue_reply(ctx: AppContext, session: str, history: Any, system_prompt: Any,
+                   sampling_values: Sequence[Any]) -> Iterator[Update]:
+    """Extend the last reply (e.g. cut by the token limit) without a new user turn: the model sees
+    the conversation ending with that reply (``core.chat_template.render_prompt``)."""
+    history = _check(for_continue, _history(history))
+    yield from _stream_updates(ctx, session, history, system_prompt, sampling_values, prefix=history[-1].content)
 
 
 def edit(ctx: AppContext, session: str, index: Any, new_text: Any, history: Any, system_prompt: Any,

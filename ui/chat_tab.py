@@ -35,6 +35,7 @@ def build(ctx: AppContext):
                 prev_btn = gr.Button("◀ Earlier reply", elem_id="reply-prev", size="sm", scale=1)
                 regen_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm", scale=2)
                 next_btn = gr.Button("Later reply ▶", elem_id="reply-next", size="sm", scale=1)
+                continue_btn = gr.Button("Continue", elem_id="continue", size="sm", scale=1)
             # The API's /send: the message is the text sent (the UI takes it from the box first).
             send_api = gr.Button("send", visible=False, elem_id="send-api")
         with gr.Column(scale=1, min_width=300):
@@ -81,6 +82,9 @@ def build(ctx: AppContext):
 
     def on_regenerate(request: gr.Request, hist, cur, system, *sampling):
         yield from saving(request, cur, system, h.regenerate(ctx, request.session_hash, hist, system, sampling))
+
+    def on_continue(request: gr.Request, hist, cur, system, *sampling):
+        yield from saving(request, cur, system, h.continue_reply(ctx, request.session_hash, hist, system, sampling))
 
     def on_edit(request: gr.Request, evt: gr.EditData, hist, cur, system, *sampling):
         yield from saving(request, cur, system,
@@ -142,6 +146,8 @@ def build(ctx: AppContext):
                    concurrency_id="stop", concurrency_limit=None)
     next_btn.click(on_flip(1), [history, conv, system_prompt], stream_outputs, api_name="later_reply",
                    concurrency_id="stop", concurrency_limit=None)
+    continue_btn.click(on_continue, chat_inputs, stream_outputs, api_name="continue_reply", **common).then(
+        **refresh).then(on_status, None, status, api_visibility="private")
     chatbot.edit(on_edit, chat_inputs, stream_outputs, api_name="edit", **common).then(**refresh).then(
         on_status, None, status, api_visibility="private")
     # Queued (not queue=False) with their own group, so they never wait behind a reply and a
