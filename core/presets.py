@@ -68,6 +68,19 @@ class ShapeHint(_Strict):
     n_ctx_train: int = Field(ge=128, le=1 << 24)
     file_gib: float = Field(gt=0, le=4096, description="size of the weights file(s)")
     tied_embeddings: bool = False
+    head_dim: Optional[int] = Field(None, ge=8, le=1024, description="when not n_embd / n_head")
+    # mixture of experts (0 = a dense model)
+    n_expert: int = Field(0, ge=0, le=4096)
+    n_expert_used: int = Field(0, ge=0, le=4096)
+    n_ff_exp: int = Field(0, ge=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _experts_agree(self) -> "ShapeHint":
+        if self.n_expert and not (1 <= self.n_expert_used <= self.n_expert and self.n_ff_exp):
+            raise ValueError("an MoE shape needs 1 <= n_expert_used <= n_expert and n_ff_exp > 0")
+        if not self.n_expert and (self.n_expert_used or self.n_ff_exp):
+            raise ValueError("n_expert_used and n_ff_exp need n_expert")
+        return self
 
 
 class Requirements(_Strict):
@@ -131,13 +144,15 @@ def shape_from_hint(hint: ShapeHint, name: str, quantization: str) -> ModelShape
     head = embd if hint.tied_embeddings else int(hint.n_vocab * hint.n_embd * max(bits, 6.56) / 8)
     blocks = max(total - embd - (0 if hint.tied_embeddings else head), hint.n_layer)
     per_block = blocks // hint.n_layer
-    head_dim = hint.n_embd // hint.n_head
+    head_dim = hint.head_dim or hint.n_embd // hint.n_head
+    experts = min(int(hint.n_expert * 3 * hint.n_embd * hint.n_ff_exp * bits / 8), per_block) if hint.n_expert else 0
     return ModelShape(
         name=name, architecture=hint.architecture, n_layer=hint.n_layer, n_embd=hint.n_embd, n_head=hint.n_head,
         n_head_kv=(hint.n_head_kv,) * hint.n_layer, head_dim_k=head_dim, head_dim_v=head_dim, n_ff=hint.n_ff,
         n_vocab=hint.n_vocab, n_ctx_train=hint.n_ctx_train, block_bytes=(per_block,) * hint.n_layer,
         token_embd_bytes=embd, output_bytes=head, other_bytes=0, output_tied=hint.tied_embeddings,
-        quantization=quantization, file_bytes=total)
+        quantization=quantization, file_bytes=total, n_expert=hint.n_expert, n_expert_used=hint.n_expert_used,
+        n_ff_exp=hint.n_ff_exp, expert_bytes=(experts,) * hint.n_layer if experts else ())
 
 
 def repo_folder(repo: str) -> str:

@@ -58,7 +58,7 @@ def models_dir(tmp_path_factory) -> Path:
     """The llama.cpp presets' files under their own repository folders, plus decoys elsewhere."""
     root = tmp_path_factory.mktemp("data") / "models"
     root.mkdir()
-    shapes = {"Meta-Llama-3.1-8B": "llama31-8b", "Meta-Llama-3.1-70B": "llama31-70b"}
+    shapes = {"Meta-Llama-3.1-8B": "llama31-8b", "Meta-Llama-3.1-70B": "llama31-70b", "Qwen3-30B-A3B": "qwen3moe-30b-a3b"}
     for preset in LLAMA_PRESETS.values():
         if preset.model.repo:
             folder = root / repo_folder(preset.model.repo)
@@ -85,7 +85,8 @@ def test_each_presets_plan_is_what_the_manager_executes(models_dir, tmp_path, pr
     preset = LLAMA_PRESETS[key]
     entry = plan_preset(key, preset, hw, _library(models_dir), planning.facts, planning.calibration(hw))
     assert entry.local_path is not None and entry.exact_shape, entry.problem
-    assert "Qwen" not in entry.local_path  # never a similarly named file outside its repository folder
+    if preset.model.repo:  # never a similarly named file outside its repository folder
+        assert f"/{repo_folder(preset.model.repo)}/" in entry.local_path and "someone--" not in entry.local_path
     if entry.plan.fit == "no_fit":  # shown as "Does not fit": the manager refuses it the same way
         with pytest.raises(ModelLoadError, match="will not fit"):
             LoadPlanner(planning).prepare(LoadSpec(entry.local_path, preset.load_options()))

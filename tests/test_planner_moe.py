@@ -181,3 +181,21 @@ def test_app_py_plan_shows_where_the_experts_go(files):
     assert data["n_cpu_moe"] == 30 and data["n_gpu_layers"] == 49
     bad = plan("--n-cpu-moe", "-3")
     assert bad.returncode == 2 and "n_cpu_moe" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_moe_preset_is_planned_as_moe_before_its_download(shapes):
+    from core.presets import PresetError, parse_preset, shape_from_hint
+    from services.presets_loader import load_presets
+    from tests.conftest import ROOT
+
+    preset = load_presets([ROOT / "presets"])[0]["qwen3-30b-a3b-instruct-q4_k_m"]
+    hinted = shape_from_hint(preset.shape, preset.name, preset.quantization)
+    real = shapes["qwen3moe-30b-a3b"]
+    assert hinted.is_moe and abs(sum(hinted.expert_bytes) - sum(real.expert_bytes)) < 0.02 * sum(real.expert_bytes)
+    plan = plan_load(ModelFacts("llama_cpp", "hint", hinted, exact=False), gpu_machine(12))
+    assert plan.n_cpu_moe > 0
+    data = {"name": "p", "backend": "llama_cpp", "quantization": "Q4_K_M", "model": {"repo": "a/b"},
+            "shape": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_head_kv": 2, "n_ff": 128, "n_vocab": 100,
+                      "n_ctx_train": 512, "file_gib": 0.1, "n_expert": 8, "n_expert_used": 9, "n_ff_exp": 32}}
+    with pytest.raises(PresetError, match="n_expert_used <= n_expert"):
+        parse_preset(data, "p.yaml")

@@ -42,7 +42,8 @@ def test_machines_are_this_one_and_the_profiles(ctx):
 def test_refresh_ranks_escapes_and_reports_broken_files(ctx):
     summary, table, problems, dropdown = h.refresh(ctx, "What if: RTX 3060 12 GB + 64 GB RAM", "Fastest")
     assert "RTX 3060" in summary
-    assert table.count("<tr data-preset=") == 6 and "Full GPU" in table and "Partial" in table
+    assert table.count("<tr data-preset=") == 7 and "Full GPU" in table and "Partial" in table
+    assert "GPU + experts of" in table  # the MoE preset runs with expert offload on a 12 GB card
     assert "<script>" not in table and "&lt;script&gt;" in table
     assert "broken.yaml" in problems and "extra_key" in problems
     assert dropdown.choices and dropdown.value
