@@ -3,6 +3,8 @@ sampling, and the model bar (load/unload). Wiring only; the logic is in ``ui.cha
 ``ui.conversation_handlers``."""
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
 from core.options import LoadOptions, SamplingOptions
@@ -156,8 +158,6 @@ def build(ctx: AppContext):
     # The chat's trash icon means what New chat means: an empty conversation, the old one kept.
     chatbot.clear(on_clear, None, [chatbot, history, conv, system_prompt, panel.title],
                   api_visibility="private", concurrency_id="stop", concurrency_limit=None).then(**refresh)
-    load_btn.click(on_load, [model_choice, *[load_widgets[n] for n in h.LOAD_FIELDS]], status,
-                   api_name="load_model", concurrency_limit=1, concurrency_id="model-admin")
     rescan_btn.click(on_rescan, model_choice, model_choice, api_visibility="private", queue=False)
     unload_btn.click(on_unload, None, status, api_name="unload_model",
                      concurrency_limit=1, concurrency_id="model-admin")
@@ -171,10 +171,29 @@ def build(ctx: AppContext):
     # While a model loads in the background the status line follows it, then the timer stops.
     timer = gr.Timer(1.0)
 
+    loading = {}  # what the Load button started, for the status line's elapsed time
+
     def on_tick():
         state = ctx.manager.state()
         settled = state.status != "loading" and (state.status != "empty" or not ctx.settings.load_default_model)
-        return format_status(state), gr.Timer(active=not settled)
+        text = format_status(state)
+        if state.status == "loading" and loading:
+            text += f" {time.monotonic() - loading['since']:.0f} s"
+        return text, gr.Timer(active=not settled)
+
+    def on_loading(request: gr.Request, name):
+        """Said at once, where the user looks: the model being loaded and the one going away."""
+        if not ctx.settings.is_admin(username(request)) or not isinstance(name, str):
+            return gr.skip(), gr.skip()
+        loading["since"] = time.monotonic()
+        old = ctx.manager.state()
+        going = f" · {old.info.name} is being unloaded" if old.status == "ready" and old.info else ""
+        return f"**Loading** {name[:200]}…{going}", gr.Timer(active=True)
+
+    load_btn.click(on_loading, model_choice, [status, timer], api_visibility="private", concurrency_id="stop",
+                   concurrency_limit=None).then(
+        on_load, [model_choice, *[load_widgets[n] for n in h.LOAD_FIELDS]], status, api_name="load_model",
+        concurrency_limit=1, concurrency_id="model-admin", show_progress="hidden")  # not dimmed while it loads
 
     timer.tick(on_tick, None, [status, timer], api_visibility="private", queue=False)
     # Each user's latest conversation comes back when the page opens (the store keys it by login name).
