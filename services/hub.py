@@ -11,7 +11,11 @@ import contextlib
 import json
 import struct
 import tempfile
+import socket
 import threading
+import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Union
@@ -94,6 +98,10 @@ def _revision(sha: object) -> str:
     return sha if isinstance(sha, str) and COMMIT.match(sha) else "main"
 
 
+UNREACHABLE_MEMORY_S = 60.0  # a Hub found unreachable is answered from memory this long
+CONNECT_PROBE_S = 3.0        # one TCP connect before a search: a refused or unroutable Hub fails in seconds
+
+
 class HubClient:
     """One Hub endpoint. ``bytes_fetched`` counts the bytes of every range read (headers, JSON); the
     planning calls also say how many bytes they read themselves (counted per thread)."""
@@ -108,10 +116,33 @@ class HubClient:
         self._lock = threading.Lock()
         self._thread = threading.local()
         self.bytes_fetched = 0
+        self._unreachable: Optional[tuple[float, str]] = None  # (when, message)
+
+    def _check_reachable(self) -> None:
+        """Fail fast when the Hub cannot be reached (huggingface_hub retries for ~20 s first), and
+        remember it for a minute. Behind a proxy the probe is left to the proxy."""
+        now = time.monotonic()
+        if self._unreachable is not None and now - self._unreachable[0] < UNREACHABLE_MEMORY_S:
+            ago = now - self._unreachable[0]
+            raise HubError(f"{self._unreachable[1]} (checked {ago:.0f} s ago; it is tried again after "
+                           f"{UNREACHABLE_MEMORY_S:.0f} s).")
+        url = urllib.parse.urlsplit(self.endpoint)
+        if not url.hostname or urllib.request.getproxies().get(url.scheme):
+            return
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                     timeout=CONNECT_PROBE_S).close()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            message = f"Cannot reach the Hub at {self.endpoint}: {reason}. Check the network (or HF_ENDPOINT)"
+            self._unreachable = (now, message)
+            raise HubError(message + ".") from None
+        self._unreachable = None
 
     # -- search and listing ------------------------------------------------------------------------
     def search(self, query: str, fmt: Format, limit: int = 30) -> list[RepoSummary]:
         """Text-generation repos with GGUF or safetensors files, most downloaded first."""
+        self._check_reachable()
         with hub_errors(endpoint=self.endpoint):
             found = self._api.list_models(search=query or None, filter=fmt, pipeline_tag="text-generation",
                                           sort="downloads", limit=limit,
@@ -129,6 +160,7 @@ class HubClient:
     def listing(self, repo: str) -> RepoListing:
         """The repo's files with sizes and digests (LFS sha256 or git oid); bad names are refused."""
         repo = check_repo_id(repo)
+        self._check_reachable()
         with hub_errors(repo, self.endpoint):
             info = self._api.model_info(repo, files_metadata=True)
         files, refused = [], []
