@@ -135,7 +135,7 @@ def test_bug6_messages_use_the_labels_users_see_and_too_many_threads_are_refused
     name = ctx.catalog().names[0]
     too_many = (os.cpu_count() or 1) + 62
     with pytest.raises(gr.Error, match="CPU core"):
-        h.load_model(ctx, name, [1024, "auto", "f16", True, str(too_many), 512, "auto", "auto", "auto", "auto"])
+        h.load_model(ctx, name, [1024, "auto", "f16", True, str(too_many), 512, "auto", "auto", "auto", "auto", None])
     assert ctx.manager.state().status == "empty"  # refused before any load
 
 
