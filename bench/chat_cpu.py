@@ -162,9 +162,9 @@ def _fn_index(base: str, api_name: str) -> int:
 
 
 def new_chat(base: str, session: str) -> None:
-    """Press Clear in the tab: the conversation is per session (``gr.State``), so the next message
+    """Press New chat in the tab: the conversation is per session (``gr.State``), so the next message
     starts a new one instead of continuing the last."""
-    _client().post(f"{base}/run/predict", json={"data": [""], "fn_index": _fn_index(base, "clear"), "session_hash": session,
+    _client().post(f"{base}/run/predict", json={"data": [], "fn_index": _fn_index(base, "new_chat"), "session_hash": session,
                                                 "event_data": None, "trigger_id": None}).raise_for_status()
 
 

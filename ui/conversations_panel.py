@@ -87,7 +87,8 @@ def wire(ctx: AppContext, p: Panel, chatbot, history, current, system_prompt) ->
     listed = dict(fn=refresh, inputs=[p.search, current], outputs=p.listing, api_visibility="private")
     p.search.change(**listed, trigger_mode="always_last")
     p.listing.input(on_open, p.listing, opened, api_name="open_conversation").then(**listed)
-    p.new_btn.click(on_new, None, opened, api_name="new_chat").then(**listed)
+    # Outside the queue: instant, and it cannot refuse anything (no toast needed).
+    p.new_btn.click(on_new, None, opened, api_name="new_chat", queue=False).then(**listed)
     p.rename_btn.click(on_rename, [current, p.title], p.title, api_name="rename_conversation").then(**listed)
     p.title.submit(on_rename, [current, p.title], p.title, api_visibility="private").then(**listed)
     p.delete_btn.click(lambda: gr.Row(visible=True), None, p.confirm_row, api_visibility="private", queue=False)
