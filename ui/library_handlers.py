@@ -44,7 +44,9 @@ def refresh(ctx: AppContext, select_path: Optional[str] = None) -> tuple[str, An
     names = catalog.names
     chosen = catalog.find_path(select_path) if select_path else None
     value = chosen.name if chosen else (names[0] if names else None)
-    return library_table(items), gr.Dropdown(choices=names, value=value)
+    from ui.quality_handlers import labels_by_path
+
+    return library_table(items, labels_by_path(ctx)), gr.Dropdown(choices=names, value=value)
 
 
 def _machine(ctx: AppContext):
