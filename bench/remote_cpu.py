@@ -111,6 +111,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=physical_cores())
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped benchmark still stops its servers
     load_before = os.getloadavg()
     server_port, app_port = 8600 + os.getpid() % 50, 8700 + os.getpid() % 50
     server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
