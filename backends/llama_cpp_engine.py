@@ -27,6 +27,7 @@ from backends.reply_loop import check_prompt_fits
 from core.chat_template import TemplateRenderError, TemplateSource, choose_template, render_prompt
 # Templates render in a child process under RLIMIT_AS and a wall-clock kill (issue 13).
 from services.template_process import check_template, render_chat_template
+from backends.prompt_pieces import tokenize_chat
 from core.generation import GenerationProgress, GenerationStats
 from core.gguf_header import GGUFError
 from core.llama_log import expert_layers_in_ram, is_error_line, parse_buffer_line, parse_override_line
@@ -258,16 +259,20 @@ class LlamaCppEngine:
 
     def tokenize_prompt(self, messages: list[dict] | str) -> list[int]:
         """Messages go through the chat template; a string is a raw completion prompt."""
-        if isinstance(messages, str):
-            prompt = messages
-        else:
-            try:
-                prompt = render_prompt(render_chat_template, self._template.text, messages,
-                                       bos_token=self._bos_text, eos_token=self._eos_text)
-            except TemplateRenderError as exc:
-                raise TemplateError(str(exc)) from None
+        if not isinstance(messages, str):
+            # Only the template's own text may produce special tokens, never a user's (issue 13).
+            return tokenize_chat(self._render, messages, self.tokenize, self._add_bos, self._bos_text)
+        prompt = messages
         add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
         return self.tokenize(prompt, add_bos)
+
+    def _render(self, messages: list[dict]) -> str:
+        try:
+            # render_prompt: a trailing assistant message is continued (Continue), not answered.
+            return render_prompt(render_chat_template, self._template.text, messages,
+                                 bos_token=self._bos_text, eos_token=self._eos_text)
+        except TemplateRenderError as exc:
+            raise TemplateError(str(exc)) from None
 
     def _generate(self, messages: list[dict] | str, params: SamplingOptions, cancel: threading.Event,
                   progress: GenerationProgress) -> Generator[str, None, GenerationStats]:

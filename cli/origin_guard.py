@@ -62,7 +62,9 @@ class OriginGuard:
         # Serving the network: the Host names this app answers to (None: any, e.g. behind --share).
         self.allowed_hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
 
-    def problem(self, headers: Headers) -> Optional[str]:
+    def problem(self, headers: Headers, path: str = "") -> Optional[str]:
+        if _is_file_route_url(path):
+            return "The file route serves files of this app only, never web addresses."
         host = headers.get("host", "")
         if self.loopback_only:
             parsed = _host_and_port(host, None)
@@ -81,7 +83,7 @@ class OriginGuard:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] in ("http", "websocket"):
-            problem = self.problem(Headers(scope=scope))
+            problem = self.problem(Headers(scope=scope), scope.get("path", ""))
             if problem is not None:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})
@@ -89,6 +91,18 @@ class OriginGuard:
                     await PlainTextResponse(problem, status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _is_file_route_url(path: str) -> bool:
+    """``/gradio_api/file=<URL>`` makes Gradio fetch the URL (it refuses only private addresses):
+    refuse every web address there."""
+    from urllib.parse import unquote
+
+    _, sep, rest = path.partition("/file=")
+    if not sep:
+        return False
+    rest = unquote(unquote(rest)).strip().lower()
+    return "://" in rest or rest.startswith(("//", "\\\\", "http:", "https:"))
 
 
 def served_host_names(extra: tuple[str, ...] = ()) -> frozenset:

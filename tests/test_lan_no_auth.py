@@ -66,3 +66,16 @@ def test_each_browser_keeps_its_own_chat_without_logins(open_lan_app):
     assert texts(again_alice.predict(api_name="/restore_chat")[0], "user") == ["Alice says apples."]
     assert texts(bob.predict(api_name="/restore_chat")[0], "user") == ["Bob says bananas."]
     assert texts(mallory.predict(api_name="/restore_chat")[0], "user") == []
+
+
+@pytest.mark.parametrize("url", ["http://example.com/", "https://example.com/a.png", "HTTP://example.com",
+                                 "http%3A%2F%2Fexample.com%2F", "//example.com/x", "http%253A%252F%252Fexample.com"])
+def test_the_file_route_refuses_every_web_address(open_lan_app, url):
+    for prefix in ("gradio_api/file=", "file="):
+        r = httpx.get(open_lan_app.url + prefix + url, timeout=10)
+        assert r.status_code == 403 and "never web addresses" in r.text, (prefix, url, r.status_code)
+
+
+def test_config_does_not_show_the_models_folder(open_lan_app):
+    config = httpx.get(open_lan_app.url + "config", timeout=20).text  # the same layout for every user
+    assert str(open_lan_app.data_dir) not in config

@@ -43,8 +43,9 @@ def build(ctx: AppContext, services: Optional[h.ModelsServices] = None) -> Calla
     progress = gr.HTML(elem_id="models-progress")
     note = gr.Markdown(elem_id="models-note")
 
-    gr.Markdown(f"### Library\nModels in `{ctx.settings.models_dir}` (and the embedded one), planned for this "
-                "machine. Works offline.")
+    # No absolute path here: the layout is in /config for every user (admins see paths with Show path).
+    gr.Markdown("### Library\nModels in the `models` folder of FitChat's data folder (and the embedded one), "
+                "planned for this machine. Works offline.")
     library = gr.HTML("<p>Select this tab to list the library.</p>", elem_id="models-library")
     with gr.Row(equal_height=True):
         lib_choice = gr.Dropdown(label="Model", elem_id="library-choice", scale=4)
