@@ -119,12 +119,16 @@ def _reply_and_stats(page) -> tuple[str, str]:
 
 
 def test_continue_extends_a_reply_cut_by_the_token_limit(page):
-    if not page.locator("#sampling-max_tokens input").is_visible():
+    if not page.locator("#sampling-max_tokens input").first.is_visible():
         page.click("#sampling-accordion")
     page.fill("#sampling-max_tokens input", "8")
     page.fill("#message textarea", "Count from one to thirty in words, separated by commas.")
+    users = page.locator('#chatbot [data-testid="user"]').count()
     page.click("#send")
-    wait_for(lambda: _reply_and_stats(page)[1], 90, "the short reply", seen=lambda: bot_text(page)[-300:])
+    # The message is taken first (a round trip): wait for its bubble, or the last reply read is the old one.
+    wait_for(lambda: page.locator('#chatbot [data-testid="user"]').count() > users, 30, "the message to be taken")
+    wait_for(lambda: "max tokens" in _reply_and_stats(page)[1], 90, "the short reply",
+             seen=lambda: bot_text(page)[-300:])
     n_bots = page.locator('#chatbot [data-testid="bot"]').count()
     cut, first_stats = _reply_and_stats(page)
     assert "max tokens" in first_stats and cut  # cut by the token limit

@@ -120,7 +120,7 @@ def test_bug4_user_errors_become_toasts_and_leave_the_outputs(app):
 
 
 def test_bug5_library_handlers_are_queued_so_their_messages_reach_the_page(app):
-    for name in ("reveal_model", "ask_delete", "stop", "cancel_download"):
+    for name in ("reveal_model", "ask_delete", "cancel_download"):
         dep = next(d for d in deps(app) if d.api_name == name)
         assert dep.queue is not False, f"{name} runs outside the queue: a refusal would be an HTTP 500"
 

@@ -152,9 +152,8 @@ def build(ctx: AppContext):
         **refresh).then(on_status, None, status, api_visibility="private")
     chatbot.edit(on_edit, chat_inputs, stream_outputs, api_name="edit", **common).then(**refresh).then(
         on_status, None, status, api_visibility="private")
-    # Queued (not queue=False) with their own group, so they never wait behind a reply and a
-    # refusal reaches the page as a toast.
-    stop_btn.click(on_stop, None, None, api_name="stop", concurrency_id="stop", concurrency_limit=None)
+    # Stop refuses nothing, so it runs outside the queue: the fastest path while a reply streams.
+    stop_btn.click(on_stop, None, None, api_name="stop", queue=False)
     # The chat's trash icon means what New chat means: an empty conversation, the old one kept.
     chatbot.clear(on_clear, None, [chatbot, history, conv, system_prompt, panel.title],
                   api_visibility="private", concurrency_id="stop", concurrency_limit=None).then(**refresh)
