@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Generator, Optional
 
 from backends.base import BackendError, NotLoadedError
@@ -25,6 +26,17 @@ from backends.llama_slots import Slot, SlotPool
 from backends.reply_loop import reply_stats
 from core.generation import GenerationProgress, StopMatcher, Utf8Assembler
 from core.options import SamplingOptions
+
+
+@dataclass(frozen=True)
+class ReplyRecord:
+    seq_id: int
+    prompt_tokens: int
+    cached: int
+    joined_step: int
+    first_step: Optional[int]
+    end_step: int
+    reason: str
 
 
 class Reply:
@@ -46,6 +58,8 @@ class Reply:
         self.completion = 0
         self.t_first: Optional[float] = None
         self.t_last: Optional[float] = None
+        self.joined_step = 0   # the loop's step count when the reply was submitted
+        self.first_step: Optional[int] = None  # ... when its first token was sampled
 
     def stopped(self) -> bool:
         return self.closed or self.cancel.is_set()
@@ -70,6 +84,8 @@ class BatchLoop:
         self._seq = [b.seq_id[i] for i in range(n_batch)]
         for i in range(n_batch):
             b.n_seq_id[i] = 1
+        self.steps = 0  # decode steps so far
+        self.history: deque[ReplyRecord] = deque(maxlen=64)  # the last replies' slot and step accounting
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self._waiting: deque[Reply] = deque()
@@ -85,6 +101,7 @@ class BatchLoop:
         with self._cond:
             if self._closing:
                 raise NotLoadedError("No model is loaded.")
+            reply.joined_step = self.steps
             self._waiting.append(reply)
             self._cond.notify()
 
@@ -182,6 +199,7 @@ class BatchLoop:
             n += k
         self._batch.n_tokens = n
         rc = self._lc.llama_decode(self._ctx, self._batch)
+        self.steps += 1
         if rc != 0:
             failure = BackendError(self._describe_failure(rc))
             for reply in [r for r in self._active if r.chunk]:
@@ -199,6 +217,8 @@ class BatchLoop:
     def _on_token(self, reply: Reply, token: int) -> None:
         now = time.monotonic()
         reply.t_first = reply.t_first or now
+        if reply.first_step is None:
+            reply.first_step = self.steps
         reply.pending = None
         if self._lc.llama_vocab_is_eog(self._vocab, token):
             return self._finish(reply, "stop")
@@ -243,6 +263,9 @@ class BatchLoop:
 
     def _finish(self, reply: Reply, reason: str) -> None:
         tail = reply.stops.push(reply.text.flush()) + reply.stops.flush()
+        if reply.slot is not None:
+            self.history.append(ReplyRecord(reply.slot.seq_id, len(reply.tokens), reply.cached, reply.joined_step,
+                                            reply.first_step, self.steps, reason))
         self._release(reply)
         if tail:
             reply.out.put(tail)

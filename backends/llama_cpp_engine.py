@@ -106,6 +106,11 @@ class LlamaCppEngine:
     def info(self) -> Optional[ModelInfo]:
         return self._info
 
+    @property
+    def loop(self) -> Optional[BatchLoop]:
+        """The decode loop of the loaded model (its slots, step count and recent replies' records)."""
+        return self._loop
+
     def running(self) -> int:
         """Replies being decoded right now."""
         return self._loop.running() if self._loop is not None else 0

@@ -1,7 +1,8 @@
 """ModelManager: the one resident model of the app, shared by every user.
 
-Loads, unloads and generations are serialised by one lock. Replies wait for it in one bounded
-first-come-first-served line (``backends.turns``), whether they come from the web UI or the API.
+Up to ``ModelInfo.n_parallel`` replies run at once (the engine's slots); loads and unloads run
+alone (``backends.model_gate``). Replies beyond the slots wait in one bounded first-come-first-served
+line (``backends.turns``), whether they come from the web UI or the API.
 A load is refused (clearly) while a reply is being generated; a reply waits for a load in
 progress. Before any worker starts,
 the file's header is checked in this process so that missing, non-GGUF and truncated files get
@@ -18,6 +19,7 @@ from typing import Callable, Generator, Literal, Optional, Protocol
 
 from backends.base import (Backend, BackendError, ChatStream, LoadSpec, ModelInfo, ModelLoadError,
                            NotLoadedError, TemplateError, WorkerCrashed)
+from backends.model_gate import ModelGate
 from backends.turns import BusyError, Turn, TurnQueue
 from backends.watchdog import IdleWatch, RestartPolicy
 from core.chat_template import TemplateRenderError, choose_template
@@ -38,6 +40,8 @@ class ManagerState:
     info: Optional[ModelInfo] = None
     error: Optional[str] = None
     generating: bool = False
+    running: int = 0     # replies being generated now
+    slots: int = 1       # replies the loaded model generates at once
     plan: Optional[Plan] = None  # the planner's prediction for the loaded model
 
 
@@ -75,13 +79,13 @@ class ModelManager:
         self._factory = backend_factory
         self._planner = planner
         self._backend: Optional[Backend] = None
-        self._busy = threading.Lock()
-        self._turns = TurnQueue(self._busy, max_waiting)
+        self._gate = ModelGate()  # up to n_parallel replies, or one load/unload
+        self._turns = TurnQueue(self._gate.seat, max_waiting)
         self._state = ManagerState("empty")
         self._state_lock = threading.Lock()
         self._settled = threading.Event()
         self._settled.set()
-        self._live: Optional[GenerationProgress] = None
+        self._live: dict[int, GenerationProgress] = {}  # the replies in progress, oldest first
         self._last_stats: Optional[GenerationStats] = None
         self._restarts = RestartPolicy()
         self._epoch = 0  # bumped by every load or unload a person asks for: a pending restart then stands down
@@ -96,10 +100,14 @@ class ModelManager:
             self._state = ManagerState(**{**self._state.__dict__, **changes})
 
     def generation(self) -> tuple[Optional[GenerationProgress], Optional[GenerationStats]]:
-        """A copy of the reply in progress (None when idle) and the stats of the last finished one.
-        Cheap: reads two fields, never touches the worker (safe to poll from a UI timer)."""
-        live = self._live
-        return (dataclasses.replace(live) if live is not None else None), self._last_stats
+        """A copy of the reply in progress (the latest to start when several run; None when idle) and
+        the stats of the last finished one. Cheap: never touches the worker (safe to poll from a UI timer)."""
+        live = list(self._live.values())
+        return (dataclasses.replace(live[-1]) if live else None), self._last_stats
+
+    def running(self) -> int:
+        """Replies being generated now."""
+        return len(self._live)
 
     def wait_settled(self, timeout: Optional[float] = None) -> bool:
         """Wait until no load is in progress."""
@@ -136,7 +144,7 @@ class ModelManager:
             if self.state().status != "ready":  # a loaded model stays loaded
                 self._set(status="failed", error=str(exc))
             raise
-        if not self._busy.acquire(timeout=busy_timeout_s):
+        if not self._gate.acquire_exclusive(timeout=busy_timeout_s):
             raise BusyError("A reply is being generated or a model is loading; press Stop or wait, then load again.")
         self._settled.clear()
         try:
@@ -153,13 +161,14 @@ class ModelManager:
                 if restart and isinstance(exc, WorkerCrashed):
                     self._crashed(str(exc))  # crashed again while loading: counts towards giving up
                 raise
-            self._set(status="ready", info=info, error=None, plan=plan)
+            self._gate.set_seats(info.n_parallel)
+            self._set(status="ready", info=info, error=None, plan=plan, slots=info.n_parallel)
             if self._watch is None:
                 self._watch = IdleWatch(self._check_idle_worker)
             return info
         finally:
             self._settled.set()
-            self._busy.release()
+            self._gate.release_exclusive()
 
     def announce(self, spec: LoadSpec) -> None:
         """Show ``spec`` as loading before its load starts (the app starts it once it serves)."""
@@ -182,7 +191,7 @@ class ModelManager:
         return thread
 
     def unload(self, busy_timeout_s: float = 1.0) -> None:
-        if not self._busy.acquire(timeout=busy_timeout_s):
+        if not self._gate.acquire_exclusive(timeout=busy_timeout_s):
             raise BusyError("A reply is being generated; press Stop or wait, then unload.")
         self._epoch += 1
         try:
@@ -190,7 +199,7 @@ class ModelManager:
                 self._backend.unload()
             self._set(status="empty", info=None, error=None, spec=None, plan=None)
         finally:
-            self._busy.release()
+            self._gate.release_exclusive()
 
     def close(self) -> None:
         self._epoch += 1
@@ -232,8 +241,8 @@ class ModelManager:
         except BaseException:
             turn.leave()
             raise
-        self._live = stream.progress
-        self._set(generating=True)
+        self._live[id(stream)] = stream.progress
+        self._set(generating=True, running=len(self._live))
         # A stream closed before its first item never runs its generator's cleanup: do it then too.
         return ChatStream(self._guarded(stream), stream.progress, on_unstarted_close=lambda: self._finish(stream))
 
@@ -252,12 +261,12 @@ class ModelManager:
         backend = self._backend
         if self.state().status != "ready" or backend is None or not hasattr(backend, "exit_message"):
             return
-        if not self._busy.acquire(blocking=False):
+        if not self._gate.acquire_exclusive(timeout=0):
             return  # a reply or a load is running: it sees the crash itself
         try:
             message = backend.exit_message() if self.state().status == "ready" else None
         finally:
-            self._busy.release()
+            self._gate.release_exclusive()
         if message:
             self._crashed(message)
 
@@ -291,11 +300,12 @@ class ModelManager:
     def _finish(self, stream: ChatStream) -> None:
         """The reply is over (finished, failed, or closed before it started): free the model."""
         stream.close()
-        self._live = None
+        if self._live.pop(id(stream), None) is None:
+            return  # finished already (closed before it started, then cleaned up again)
         if stream.stats is not None:
             self._last_stats = stream.stats
-        self._set(generating=False)
-        self._busy.release()
+        self._set(generating=bool(self._live), running=len(self._live))
+        self._gate.release_seat()
         info = self.state().info
         if self._planner is not None and info is not None and stream.stats is not None:
             # After the first decode NVML shows the worker's real VRAM: learn from it, off the
@@ -319,7 +329,7 @@ class ModelManager:
         except BaseException:
             turn.leave()
             raise
-        self._set(generating=True)
+        self._set(generating=True, running=len(self._live) + 1)
         try:
             return (yield from events)
         except WorkerCrashed as exc:
@@ -327,8 +337,8 @@ class ModelManager:
             raise
         finally:
             events.close()
-            self._set(generating=False)
-            self._busy.release()
+            self._set(generating=bool(self._live), running=len(self._live))
+            self._gate.release_seat()
 
     @staticmethod
     def _not_ready_message(state: ManagerState) -> str:

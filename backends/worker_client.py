@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from core.options import SamplingOptions
 from services.paths import project_root
 
 _POLL_S = 0.05
+_GONE = ("gone",)  # the connection to the worker ended
 _DRAIN_TIMEOUT_S = 5.0
 
 
@@ -43,7 +45,8 @@ def describe_exit(returncode: Optional[int]) -> str:
 
 
 class WorkerBackend:
-    """Backend protocol over a worker process. Thread-safe; one generation at a time."""
+    """Backend protocol over a worker process. Thread-safe; as many replies at once as the loaded
+    model has slots (``ModelInfo.n_parallel``): a reader thread routes each message to its request."""
 
     def __init__(self, backend: str = "llama_cpp", python: str = sys.executable,
                  start_timeout_s: float = 60.0, extra_env: Optional[dict] = None) -> None:
@@ -58,6 +61,10 @@ class WorkerBackend:
         self._ids = itertools.count(1)
         self._stderr_tail: deque[str] = deque(maxlen=200)
         self._info: Optional[ModelInfo] = None
+        self._control: queue.SimpleQueue = queue.SimpleQueue()  # messages that belong to no request
+        self._inboxes: dict[int, queue.SimpleQueue] = {}
+        self._crash_lock = threading.Lock()
+        self._crash: Optional[WorkerCrashed] = None
 
     @property
     def info(self) -> Optional[ModelInfo]:
@@ -88,8 +95,11 @@ class WorkerBackend:
         )
         child.close()
         self._conn = parent
+        self._control, self._inboxes, self._crash = queue.SimpleQueue(), {}, None
         threading.Thread(target=self._read_stderr, args=(self._proc,), daemon=True,
                          name="worker-stderr").start()
+        threading.Thread(target=self._route, args=(parent, self._control, self._inboxes), daemon=True,
+                         name="worker-messages").start()
         msg = self._recv(timeout=self._start_timeout_s)
         if msg is None or msg[0] != wp.READY:
             self._kill()
@@ -109,18 +119,43 @@ class WorkerBackend:
         except (BrokenPipeError, EOFError, OSError):
             raise self._crashed() from None
 
-    def _recv(self, timeout: float) -> Optional[tuple]:
-        """The next message, None on timeout; raises WorkerCrashed when the worker is gone."""
+    @staticmethod
+    def _route(conn: Connection, control: queue.SimpleQueue, inboxes: dict[int, queue.SimpleQueue]) -> None:
+        """Every message from the worker goes to its request's inbox (dropped when the request has
+        gone), or to ``control``; when the connection ends, everyone waiting hears ``_GONE``."""
         try:
-            if self._conn is None or not self._conn.poll(timeout):
-                if self._proc is not None and self._proc.poll() is not None and not self._conn.poll(0):
-                    raise self._crashed()
-                return None
-            return self._conn.recv()
-        except (EOFError, OSError):
-            raise self._crashed() from None
+            while True:
+                msg = conn.recv()
+                if msg[0] in (wp.READY, wp.LOADED, wp.BYE) or len(msg) < 2 or not isinstance(msg[1], int):
+                    control.put(msg)
+                elif (inbox := inboxes.get(msg[1])) is not None:
+                    inbox.put(msg)
+        except (EOFError, OSError, TypeError):
+            pass
+        control.put(_GONE)
+        for inbox in list(inboxes.values()):
+            inbox.put(_GONE)
+
+    def _recv(self, timeout: float, inbox: Optional[queue.SimpleQueue] = None) -> Optional[tuple]:
+        """The next message of ``inbox`` (default: the messages of no request), None on timeout;
+        raises WorkerCrashed when the worker is gone."""
+        try:
+            msg = (inbox or self._control).get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if msg is _GONE:
+            (inbox or self._control).put(_GONE)  # whoever asks next hears it too
+            raise self._crashed()
+        return msg
 
     def _crashed(self) -> WorkerCrashed:
+        """The worker is gone: the one message for every reply that was running (made once)."""
+        with self._crash_lock:
+            if self._crash is None:
+                self._crash = self._describe_crash()
+            return self._crash
+
+    def _describe_crash(self) -> WorkerCrashed:
         proc = self._proc
         returncode = None
         if proc is not None:
@@ -207,35 +242,40 @@ class WorkerBackend:
 
     def _stream(self, messages: list[dict] | str, params: SamplingOptions, cancel: threading.Event,
                 progress: GenerationProgress) -> Generator[str, None, GenerationStats]:
-        with self._gen_lock:
-            req_id = next(self._ids)
+        req_id, inbox = self._open_request()
+        finished = cancel_sent = False
+        try:
             self._send((wp.CHAT, req_id, messages, params.model_dump()))
-            finished = cancel_sent = False
-            try:
-                while True:
-                    if cancel.is_set() and not cancel_sent:
-                        self._send((wp.CANCEL, req_id))
-                        cancel_sent = True
-                    msg = self._recv(timeout=_POLL_S)
-                    if msg is None or len(msg) < 2 or msg[1] != req_id:
-                        continue
-                    if msg[0] == wp.DELTA:
-                        now = time.monotonic()
-                        progress.prompt_tokens, progress.completion_tokens, progress.n_ctx = msg[3:6]
-                        if progress.completion_tokens:
-                            progress.first_token_at = progress.first_token_at or now
-                            progress.last_token_at = now
-                        if msg[2]:  # a DELTA without text carries only the counts
-                            yield msg[2]
-                    elif msg[0] == wp.DONE:
-                        finished = True
-                        return GenerationStats.from_dict(msg[2])
-                    elif msg[0] == wp.ERROR:
-                        finished = True
-                        raise ERROR_KINDS.get(msg[2], BackendError)(msg[3])
-            finally:
-                if not finished and self._proc is not None:
-                    self._abandon(req_id)
+            while True:
+                if cancel.is_set() and not cancel_sent:
+                    self._send((wp.CANCEL, req_id))
+                    cancel_sent = True
+                msg = self._recv(_POLL_S, inbox)
+                if msg is None:
+                    continue
+                if msg[0] == wp.DELTA:
+                    now = time.monotonic()
+                    progress.prompt_tokens, progress.completion_tokens, progress.n_ctx = msg[3:6]
+                    if progress.completion_tokens:
+                        progress.first_token_at = progress.first_token_at or now
+                        progress.last_token_at = now
+                    if msg[2]:  # a DELTA without text carries only the counts
+                        yield msg[2]
+                elif msg[0] == wp.DONE:
+                    finished = True
+                    return GenerationStats.from_dict(msg[2])
+                elif msg[0] == wp.ERROR:
+                    finished = True
+                    raise ERROR_KINDS.get(msg[2], BackendError)(msg[3])
+        finally:
+            if not finished and self._proc is not None:
+                self._abandon(req_id, inbox)
+            self._inboxes.pop(req_id, None)
+
+    def _open_request(self) -> tuple[int, queue.SimpleQueue]:
+        req_id, inbox = next(self._ids), queue.SimpleQueue()
+        self._inboxes[req_id] = inbox
+        return req_id, inbox
 
     def score_text(self, text: str, opts, cancel: threading.Event, ref: Optional[dict] = None,
                    keep_top: bool = False) -> Generator[tuple, None, bool]:
@@ -245,40 +285,40 @@ class WorkerBackend:
         ``keep_top``: send this model's top-k per position (it is measured as a reference)."""
         if self._proc is None or self._info is None:
             raise NotLoadedError("No model is loaded.")
-        with self._gen_lock:
-            req_id = next(self._ids)
+        req_id, inbox = self._open_request()
+        finished = cancel_sent = False
+        try:
             self._send((wp.SCORE, req_id, text, opts.model_dump(), ref, keep_top))
-            finished = cancel_sent = False
-            try:
-                while True:
-                    if cancel.is_set() and not cancel_sent:
-                        self._send((wp.CANCEL, req_id))
-                        cancel_sent = True
-                    msg = self._recv(timeout=_POLL_S)
-                    if msg is None or len(msg) < 2 or msg[1] != req_id:
-                        continue
-                    if msg[0] == wp.SCORE_START:
-                        yield ("start", *msg[2:5])
-                    elif msg[0] == wp.WINDOW:
-                        yield ("window", *msg[2:5])
-                    elif msg[0] == wp.DONE:
-                        finished = True
-                        return bool(msg[2].get("complete"))
-                    elif msg[0] == wp.ERROR:
-                        finished = True
-                        raise ERROR_KINDS.get(msg[2], BackendError)(msg[3])
-            finally:
-                if not finished and self._proc is not None:
-                    self._abandon(req_id)
+            while True:
+                if cancel.is_set() and not cancel_sent:
+                    self._send((wp.CANCEL, req_id))
+                    cancel_sent = True
+                msg = self._recv(_POLL_S, inbox)
+                if msg is None:
+                    continue
+                if msg[0] == wp.SCORE_START:
+                    yield ("start", *msg[2:5])
+                elif msg[0] == wp.WINDOW:
+                    yield ("window", *msg[2:5])
+                elif msg[0] == wp.DONE:
+                    finished = True
+                    return bool(msg[2].get("complete"))
+                elif msg[0] == wp.ERROR:
+                    finished = True
+                    raise ERROR_KINDS.get(msg[2], BackendError)(msg[3])
+        finally:
+            if not finished and self._proc is not None:
+                self._abandon(req_id, inbox)
+            self._inboxes.pop(req_id, None)
 
-    def _abandon(self, req_id: int) -> None:
+    def _abandon(self, req_id: int, inbox: queue.SimpleQueue) -> None:
         """The consumer went away mid-reply: stop the worker's generation and wait for its end."""
         try:
             self._send((wp.CANCEL, req_id))
             deadline = time.monotonic() + _DRAIN_TIMEOUT_S
             while time.monotonic() < deadline:
-                msg = self._recv(timeout=_POLL_S)
-                if msg and len(msg) > 1 and msg[1] == req_id and msg[0] in (wp.DONE, wp.ERROR):
+                msg = self._recv(_POLL_S, inbox)
+                if msg and msg[0] in (wp.DONE, wp.ERROR):
                     return
             self._kill()  # it would not stop: end it rather than leave it generating
         except WorkerCrashed:

@@ -3,7 +3,7 @@
 It owns the model. Commands arrive on a ``multiprocessing.connection.Connection`` over an
 inherited socket; replies go back on the same connection (see ``backends.worker_protocol``).
 The main thread reads commands (so a cancel arrives while a reply is generating); each chat
-runs on its own thread. When the UI process goes away the connection closes and the worker exits.
+runs on its own thread, and as many run at once as the engine has slots (``ModelInfo.n_parallel``). When the UI process goes away the connection closes and the worker exits.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class Worker:
         self.conn = conn
         self.engine = engine
         self._send_lock = threading.Lock()
-        self._chat_thread: threading.Thread | None = None
+        self._threads: dict[int, threading.Thread] = {}  # chats and quality checks in progress
         self._cancels: dict[int, threading.Event] = {}
 
     def send(self, msg: tuple) -> None:
@@ -54,12 +54,29 @@ class Worker:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             self.send((wp.ERROR, req_id, "error", f"Internal error in the model worker: {detail}"))
 
+    def _running(self, wait_s: float = 0.0) -> int:
+        # The client counts a reply as over at its DONE, so a live thread may be finishing up.
+        deadline = time.monotonic() + wait_s
+        for req_id, thread in list(self._threads.items()):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if not thread.is_alive():
+                self._threads.pop(req_id, None)
+                self._cancels.pop(req_id, None)
+        return len(self._threads)
+
     def busy(self) -> bool:
-        if self._chat_thread is None:
-            return False
-        # The client sends a new command only after DONE, so a live thread is at most finishing up.
-        self._chat_thread.join(timeout=2)
-        return self._chat_thread.is_alive()
+        return self._running(wait_s=2) > 0
+
+    def _capacity(self) -> int:
+        info = getattr(self.engine, "info", None)
+        return max(1, getattr(info, "n_parallel", 1) or 1)
+
+    def _start_job(self, req_id: int, target, args: tuple, name: str) -> None:
+        cancel = threading.Event()
+        self._cancels[req_id] = cancel
+        thread = threading.Thread(target=target, args=(req_id, *args, cancel), name=f"{name}-{req_id}", daemon=True)
+        self._threads[req_id] = thread
+        thread.start()
 
     def handle_load(self, spec_dict: dict) -> None:
         if self.busy():
@@ -75,14 +92,11 @@ class Worker:
         self.send((wp.LOADED, data))
 
     def handle_chat(self, req_id: int, messages: list, params: dict) -> None:
-        if self.busy():
-            self.send((wp.ERROR, req_id, "error", "The worker is already generating a reply."))
+        if self._running() >= self._capacity() and self._running(wait_s=2) >= self._capacity():
+            self.send((wp.ERROR, req_id, "error", "The worker is already generating as many replies as it has "
+                                                  "slots for."))
             return
-        cancel = threading.Event()
-        self._cancels = {req_id: cancel}
-        self._chat_thread = threading.Thread(target=self._run_chat, args=(req_id, messages, params, cancel),
-                                             name=f"chat-{req_id}", daemon=True)
-        self._chat_thread.start()
+        self._start_job(req_id, self._run_chat, (messages, params), "chat")
 
     def _run_chat(self, req_id: int, messages: list, params: dict, cancel: threading.Event) -> None:
         finished = threading.Event()
@@ -116,11 +130,7 @@ class Worker:
         if self.busy():
             self.send((wp.ERROR, req_id, "error", "The worker is already generating a reply."))
             return
-        cancel = threading.Event()
-        self._cancels = {req_id: cancel}
-        self._chat_thread = threading.Thread(target=self._run_score, args=(req_id, text, opts, ref, keep_top, cancel),
-                                             name=f"score-{req_id}", daemon=True)
-        self._chat_thread.start()
+        self._start_job(req_id, self._run_score, (text, opts, ref, keep_top), "score")
 
     def _run_score(self, req_id: int, text: str, opts: dict, ref, keep_top: bool, cancel: threading.Event) -> None:
         from backends.text_scoring import Reference, ScoreStart
@@ -182,10 +192,9 @@ class Worker:
                 if event:
                     event.set()
             elif op == wp.SHUTDOWN:
-                for event in self._cancels.values():
+                for event in list(self._cancels.values()):
                     event.set()
-                if self._chat_thread:
-                    self._chat_thread.join(timeout=2)
+                self._running(wait_s=2)
                 self.engine.unload()
                 self.send((wp.BYE,))
                 return

@@ -29,6 +29,7 @@ def parse_number_list(text: str, what: str = "tensor_split") -> tuple[float, ...
     return values
 
 MAX_STOP_STRINGS = 8
+MAX_PARALLEL = 16  # the most replies a load generates at once
 MAX_STOP_LENGTH = 64
 MAX_GRAMMAR_CHARS = 32_000
 
@@ -131,6 +132,13 @@ class LoadOptions(_Options):
     def kv_cache_type(self) -> str:
         """The KV type a load without a plan uses: "auto" is the exact f16."""
         return "f16" if self.kv_type == "auto" else self.kv_type
+
+    parallel: Optional[int] = Field(
+        None, ge=1, le=MAX_PARALLEL, title="Parallel replies",
+        description="Replies generated at once (continuous batching), each in its own slot of the full context; "
+                    "the KV cache grows with it. Empty = chosen by the planner from free memory.",
+        json_schema_extra={"cli": "--parallel", "step": 1, "empty": "auto", "suggest": [1, 2, 4, 8]},
+    )
 
     @model_validator(mode="after")
     def _quantized_kv_needs_flash_attention(self) -> "LoadOptions":

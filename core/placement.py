@@ -31,6 +31,7 @@ class LoadedModel:
     buffers: tuple[tuple[str, str, float], ...] = ()  # (device, kind, MiB) as the backend measured them
     worker_pid: Optional[int] = None
     n_cpu_moe: int = 0              # blocks whose experts llama.cpp put in RAM (its load log)
+    n_parallel: int = 1             # replies generated at once, a KV cache of n_ctx each
 
 
 def device_of(device: str) -> str:
@@ -81,6 +82,14 @@ def _sum(parts: Sequence[MemoryBreakdown]) -> MemoryBreakdown:
     return MemoryBreakdown(*(sum(getattr(p, k) for p in parts) for k in ("weights", "kv_cache", "compute", "overhead")))
 
 
+def slots_text(n_parallel: int, plan: Optional[Plan]) -> str:
+    """The load's slots: how many replies run at once, and why that many when the planner chose."""
+    text = ("1 slot: one reply at a time" if n_parallel <= 1
+            else f"{n_parallel} slots: {n_parallel} replies at once, a KV cache each")
+    reason = plan.extra.get("parallel_reason") if plan is not None else None
+    return text + (f" ({reason})" if reason and reason != "as asked" else "")
+
+
 def placement_card(model: Optional[LoadedModel], plan: Optional[Plan], worker_vram: dict[int, Optional[int]],
                    worker_rss: Optional[int] = None, last_tokens_per_s: Optional[float] = None) -> str:
     """Markdown: layers and bytes per device, the prediction beside them and the error.
@@ -93,7 +102,7 @@ def placement_card(model: Optional[LoadedModel], plan: Optional[Plan], worker_vr
     devices = measured_breakdown(model.buffers)
     gpus = [d for d in devices if d != "CPU"]
     lines = [f"**{model.name}** · context {model.n_ctx:,} tokens · KV {model.kv_type} · "
-             f"flash attention {'on' if model.flash_attn else 'off'}"]
+             f"flash attention {'on' if model.flash_attn else 'off'} · " + slots_text(model.n_parallel, plan)]
     layer_text = {gpus[0]: f"{on_gpu}/{total} layers"} if len(gpus) == 1 else {}
     if len(gpus) > 1:
         lines.append(f"**GPUs**: {on_gpu}/{total} layers split over {', '.join(gpus)}")

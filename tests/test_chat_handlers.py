@@ -112,17 +112,17 @@ def test_stop_from_another_thread_keeps_the_partial_reply(ctx):
 def test_load_validates_names_and_reports_bad_files(ctx):
     for bad in ("../../etc/passwd", "/etc/passwd", "truncated.gguf\x00", None):
         with pytest.raises(gr.Error, match="Unknown model|Pick a model"):
-            h.load_model(ctx, bad, [None, None, "f16", True, None, 512, None, None, None, None, None])
+            h.load_model(ctx, bad, [None, None, "f16", True, None, 512, None, None, None, None, None, None])
     with pytest.raises(gr.Error, match="Invalid load options"):
-        h.load_model(ctx, "truncated.gguf", [10**9, None, "f16", True, None, 512, None, None, None, None, None])
+        h.load_model(ctx, "truncated.gguf", [10**9, None, "f16", True, None, 512, None, None, None, None, None, None])
     for name, expected in (("truncated.gguf", "truncated"), ("notes.gguf", "not a GGUF"),
                            ("escape-template.gguf", "sandbox")):
-        status = h.load_model(ctx, name, [1024, None, "f16", True, None, 512, None, None, None, None, None])
+        status = h.load_model(ctx, name, [1024, None, "f16", True, None, 512, None, None, None, None, None, None])
         assert expected in status, status
     # After a failed load the app still chats once a good model is loaded.
     with pytest.raises(gr.Error, match="whole number or 'auto'"):
-        h.load_model(ctx, "truncated.gguf", ["lots", "auto", "f16", True, "auto", 512, "auto", "auto", "auto", "auto", None])
-    status = h.load_model(ctx, "SmolLM2-135M-Instruct Q4_1 (embedded)", ["1024", "auto", "f16", True, "auto", 512, "auto", "auto", "auto", "auto", None])
+        h.load_model(ctx, "truncated.gguf", ["lots", "auto", "f16", True, "auto", 512, "auto", "auto", "auto", "auto", None, None])
+    status = h.load_model(ctx, "SmolLM2-135M-Instruct Q4_1 (embedded)", ["1024", "auto", "f16", True, "auto", 512, "auto", "auto", "auto", "auto", None, None])
     assert status.startswith("**Ready**") and "context 1,024" in status
     _, history = last(h.send(ctx, "s4", "hi", (), "", sampling(max_tokens=5)))
     assert history[-1].content

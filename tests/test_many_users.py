@@ -79,7 +79,7 @@ def test_export_then_import(tmp_path):
 
 
 def test_soak_8_clients_50_turns(tmp_path):
-    app = start_app(["--ctx", "8192"], tmp_path)
+    app = start_app(["--ctx", "8192", "--parallel", "4"], tmp_path)  # batching on: 4 replies at once
     errors: list[str] = []
     finals: dict[int, list] = {}
     rss: list[int] = []

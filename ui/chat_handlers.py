@@ -26,7 +26,7 @@ from ui.status import format_status
 
 SAMPLING_FIELDS: tuple[str, ...] = tuple(SamplingOptions.model_fields)
 LOAD_FIELDS: tuple[str, ...] = ("n_ctx", "n_gpu_layers", "kv_type", "flash_attn", "n_threads", "n_batch",
-                                "split_mode", "tensor_split", "main_gpu", "n_cpu_moe", "kv_placement")
+                                "split_mode", "tensor_split", "main_gpu", "n_cpu_moe", "kv_placement", "parallel")
 _MIN_UPDATE_INTERVAL_S = 1 / 15  # coalesce deltas: ~15 updates a second look smooth and cost little CPU
 WAIT_S = 600.0        # longest wait in line for the model
 _WAIT_POLL_S = 0.25   # how often a waiting reply re-checks its place

@@ -7,7 +7,7 @@ import time
 
 import gradio as gr
 
-from core.options import LoadOptions, SamplingOptions
+from core.options import MAX_PARALLEL, LoadOptions, SamplingOptions
 from ui import chat_handlers as h, conversation_handlers as ch, conversations_panel, share_panel
 from ui.access import require_admin, username
 from ui.context import AppContext
@@ -130,8 +130,9 @@ def build(ctx: AppContext):
         return format_status(ctx.manager.state())
 
     # Replies wait in the model manager's line, which shows each its place and refuses the one too
-    # many; Gradio lets them all reach it: the one generating, those waiting, and one to refuse.
-    common = dict(concurrency_limit=ctx.manager.max_waiting + 2, concurrency_id=GENERATION)
+    # many; Gradio lets them all reach it: those generating (at most MAX_PARALLEL slots), those
+    # waiting, and one to refuse.
+    common = dict(concurrency_limit=ctx.manager.max_waiting + MAX_PARALLEL + 1, concurrency_id=GENERATION)
     refresh = conversations_panel.wire(ctx, panel, chatbot, history, conv, system_prompt)
     chat_inputs = [history, conv, system_prompt, *sampling_inputs]
     # Every Enter reaches the server ("multiple"): one sent during a reply is refused with a toast

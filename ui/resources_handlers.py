@@ -33,7 +33,7 @@ def loaded_model(info: Optional[ModelInfo]) -> Optional[LoadedModel]:
         return None
     return LoadedModel(info.name, info.n_layer, info.n_gpu_layers, info.gpu_offload_supported, info.n_ctx,
                        info.kv_type, info.flash_attn, tuple((b.device, b.kind, b.mib) for b in info.buffers),
-                       info.worker_pid, info.n_cpu_moe)
+                       info.worker_pid, info.n_cpu_moe, info.n_parallel)
 
 
 def _not_ready(state: ManagerState) -> Optional[str]:

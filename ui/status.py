@@ -26,13 +26,26 @@ def describe_model(info: ModelInfo) -> str:
                 else "**the model has no chat template: using ChatML**")
     return (f"**{info.name}** · {info.backend} · context {info.n_ctx:,} (trained {info.n_ctx_train:,}) · "
             f"{_placement(info)} · KV {info.kv_type} · flash attention {'on' if info.flash_attn else 'off'} · "
-            f"{info.n_threads} threads · loaded in {info.load_seconds:.1f} s · {template}")
+            f"{info.n_threads} threads · {_slots(info.n_parallel)} · loaded in {info.load_seconds:.1f} s · {template}")
+
+
+def _slots(n: int) -> str:
+    return "one reply at a time" if n <= 1 else f"{n} replies at once"
+
+
+def running_line(state: ManagerState) -> str:
+    """How many replies the model is generating now, out of how many it can at once."""
+    if not state.running:
+        return ""
+    return f"{state.running} of {state.slots} {'reply' if state.slots == 1 else 'replies'} running"
 
 
 def format_status(state: ManagerState) -> str:
     if state.status == "ready" and state.info is not None:
         warning = state.plan.warning if state.plan is not None else ""
-        return "**Ready** · " + describe_model(state.info) + (f"\n\n⚠️ {warning}" if warning else "")
+        running = running_line(state)
+        return ("**Ready** · " + (f"{running} · " if running else "") + describe_model(state.info)
+                + (f"\n\n⚠️ {warning}" if warning else ""))
     name = state.spec.display_name if state.spec else ""
     if state.status == "loading":
         return f"**Loading** {name}…"
@@ -53,6 +66,8 @@ def status_dict(state: ManagerState, waiting: int = 0) -> dict:
         "template_origin": info.template_origin if info else None,
         "worker_pid": info.worker_pid if info else None,
         "generating": state.generating,
+        "running": state.running,
+        "slots": state.slots,
         "waiting": waiting,
         "error": state.error,
     }
