@@ -53,7 +53,12 @@ class Calibration:
     def token_cost_s(self, n_vocab: int) -> float:
         """Seconds per decoded token that do not depend on where the weights are."""
         return n_vocab * self.sampling_s_per_vocab + self.token_overhead_s
-    kv_ram_layer_s: float = 40e-6             # per GPU layer per token with the KV cache in RAM (two copies, one sync)
+    # Per GPU layer per token with the KV cache in RAM (copies to/from the CPU, its attention, a sync). Fitted on
+    # an H200 + 16-core Xeon (tests/data/gpu_quality_kv_h200.json, docs/BENCHMARKS.md issue 15): 8B Q4_K_M, all
+    # 33 layers on the GPU, KV in VRAM 223.07 tok/s, in RAM 92.05 (4k) and 89.81 (32k): 1/92.05 - 1/223.07 =
+    # 6.381 ms, 1/89.81 - 1/223.07 = 6.652 ms, mean 6.516 ms per token; minus the 0.655 ms this model already
+    # charges for reading the KV cache from RAM = 5.861 ms over 32 blocks = 183 us (one layer count measured).
+    kv_ram_layer_s: float = 183e-6
     # Mixture of experts. First estimates from the issue-11 anchors (a 30B-A3B on an H200: 211 tokens/s
     # full GPU through the app's engine; llama-bench -ncmoe 16 at 91); refit them from the GPU sweep
     # with bench/analyse_sweep.py (its "refit" section) and change them here, the one place.
