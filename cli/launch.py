@@ -70,6 +70,9 @@ def _print_urls(settings: AppSettings) -> None:
           flush=True)
 
 
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024 + 64 * 1024
+
+
 def launch(settings: AppSettings, started: float) -> int:
     from starlette.middleware import Middleware
 
@@ -111,6 +114,8 @@ def launch(settings: AppSettings, started: float) -> int:
         blocked_paths=[str(settings.data_dir), str(Path.home() / ".cache" / "huggingface")], css=CSS, js=PAGE_JS,
         theme="default",
         app_kwargs={"middleware": middleware},
+        # Uploads are chat imports (ui/conversation_handlers.MAX_IMPORT_BYTES): nothing larger is taken.
+        max_file_size=MAX_UPLOAD_BYTES,
     )
     openai_routes.install(app.app, ctx.manager, openai_routes.ApiSettings(
         settings.api_keys, settings.listens_beyond_loopback, throttle=throttle))

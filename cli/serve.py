@@ -207,7 +207,12 @@ def run(argv: list[str]) -> int:
     # Before Gradio is imported: no telemetry or version checks, and a private temp folder.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     # Gradio's upload/download cache: private, and outside the data folder, which is blocked from serving.
-    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="fitchat-gradio-"))
+    if "GRADIO_TEMP_DIR" not in os.environ:  # kept across in-place restarts (inherited), removed at exit
+        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="fitchat-gradio-")
+        import atexit
+        import shutil
+
+        atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
     from cli.launch import launch
 
     return launch(settings, started)
