@@ -151,3 +151,18 @@ def test_only_admins_may_share_and_never_mid_reply(ctx):
     restarts = []
     start_sharing(ctx, _Request("alice"), None, None, lambda argv, before: restarts.append(argv))
     assert restarts == [["--ctx", "2048", "--listen"]]  # no new login: the app's own are kept by its argv
+
+
+def test_a_refused_admin_action_is_one_log_line(ctx, capsys):
+    import dataclasses
+
+    import gradio as gr
+
+    from ui.access import require_admin
+
+    ctx.settings = dataclasses.replace(ctx.settings, auth=(("alice", "password1"), ("bob", "password2")),
+                                       admins=("alice",))
+    with pytest.raises(gr.Error) as err:
+        require_admin(ctx, _Request("bob"), "unload the model")
+    assert err.value.print_exception is False  # Gradio prints no traceback for it
+    assert capsys.readouterr().out.strip().splitlines() == ["fitchat: refused: 'bob' may not unload the model (admins only)"]

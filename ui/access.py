@@ -23,4 +23,7 @@ def username(request: Optional[gr.Request]) -> Optional[str]:
 def require_admin(ctx: AppContext, request: Optional[gr.Request], action: str) -> None:
     user = username(request)
     if not ctx.settings.is_admin(user):
-        raise gr.Error(f"Only an admin can {action}; you are logged in as {user or 'nobody'}.")
+        # One log line, not a traceback per refusal (a prober made 252 of them in one run).
+        print(f"fitchat: refused: {str(user or 'nobody')[:64]!r} may not {action} (admins only)", flush=True)
+        raise gr.Error(f"Only an admin can {action}; you are logged in as {user or 'nobody'}.",
+                       print_exception=False)
