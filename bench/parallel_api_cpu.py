@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.api_cpu import api_stream  # noqa: E402
-from bench.chat_cpu import PROMPTS, keep_alive_client, start_app, stop_app  # noqa: E402
+from bench.chat_cpu import PROMPTS, app_endpoint, keep_alive_client, start_app, stop_app  # noqa: E402
 from services.cpu import physical_cores  # noqa: E402
 
 
@@ -73,6 +73,7 @@ def one_setting(parallel: int, threads: int, requests: int, max_tokens: int) -> 
                         ("--parallel", str(parallel)))
     url = f"http://127.0.0.1:{port}"
     try:
+        app_endpoint(port)  # waits until the model is loaded
         api_stream(url, "Warm up.", 4)
         return [dict(clients_run(url, n, requests, max_tokens), parallel=parallel) for n in (1, 4)]
     finally:
@@ -89,7 +90,8 @@ def summarise(rows: list[dict]) -> dict:
                 "p50_latency_s": statistics.median(r["p50_latency_s"] for r in sel),
                 "p95_ttft_s": statistics.median(r["p95_ttft_s"] for r in sel),
                 "errors": sum(len(r["errors"]) for r in sel)}
-    ratio = lambda a, b: out[a]["throughput_tokens_per_s"] / out[b]["throughput_tokens_per_s"]  # noqa: E731
+    ratio = lambda a, b: (out[a]["throughput_tokens_per_s"] / out[b]["throughput_tokens_per_s"]  # noqa: E731
+                          if out[b]["throughput_tokens_per_s"] else None)
     out["single_user_ratio_4slots_vs_1"] = ratio("parallel4_clients1", "parallel1_clients1")
     out["four_clients_ratio_4slots_vs_1"] = ratio("parallel4_clients4", "parallel1_clients4")
     return out
