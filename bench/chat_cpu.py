@@ -104,7 +104,9 @@ def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int, session: 
     from core.options import SamplingOptions
 
     values = {**SamplingOptions().model_dump(), "temperature": 0.0, "seed": "1", "max_tokens": max_tokens, "stop": ""}
-    data = [message, None, "", *[values[k] for k in SamplingOptions.model_fields]]
+    # /send's inputs: message, history and conversation (gr.State: the server keeps the session's own,
+    # whatever is sent), system prompt, sampling.
+    data = [message, None, None, "", *[values[k] for k in SamplingOptions.model_fields]]
     session = session or uuid.uuid4().hex[:12]
     start = time.perf_counter()
     join(base, fn_index, session, data)
@@ -122,6 +124,8 @@ def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int, session: 
             else:
                 echo = echo or now
         elif msg.get("msg") == "process_completed":
+            if not msg.get("success", True) or "data" not in msg.get("output", {}):
+                raise RuntimeError(f"the chat failed: {msg.get('output')}")
             last = now
             final = msg["output"]["data"][0]
     reply = final[-1]["content"]
@@ -131,7 +135,7 @@ def _sse_chat(base: str, fn_index: int, message: str, max_tokens: int, session: 
     server_ttft = re.search(r"TTFT ([\d.]+) (ms|s)", text)
     first = first or last
     return {"ttft_s": first - start, "tokens_per_s": (tokens - 1) / (last - first) if last > first else 0.0,
-            "tokens": tokens, "join_s": joined - start, "echo_s": (echo or first) - start,
+            "tokens": tokens, "join_s": joined - start, "chat_messages": len(final), "echo_s": (echo or first) - start,
             "server_tokens_per_s": float(server_speed.group(1)) if server_speed else 0.0,
             # the worker's own TTFT (request in the worker -> first token): what the app adds is the rest
             "server_ttft_s": float(server_ttft[1]) / (1000 if server_ttft[2] == "ms" else 1)}

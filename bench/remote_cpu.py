@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chat_cpu import OTHER_PROMPT, PROMPTS, _fn_index, join, keep_alive_client, queue_events  # noqa: E402
+from bench.chat_cpu import OTHER_PROMPT, PROMPTS, _fn_index, join, keep_alive_client, new_chat, queue_events  # noqa: E402
 from services.cpu import physical_cores  # noqa: E402
 from services.paths import embedded_model_path  # noqa: E402
 
@@ -61,13 +61,16 @@ def stream_chat(url: str, prompt: str, max_tokens: int) -> dict:
 
 
 def ui_chat(base: str, fn_index: int, prompt: str, max_tokens: int, session: str) -> dict:
-    """The chat's Send over Gradio's queue from one browser tab (``session``); each send passes an
-    empty history, so it starts a new conversation. The tab's first event (Gradio building its
+    """The chat's Send over Gradio's queue from one browser tab (``session``), after New chat, so
+    each send starts a new conversation. (Passing an empty history does not: the history is a
+    gr.State that the server keeps per session, so until 2026-12-03 every send here continued one
+    growing conversation and its TTFT grew with it.) The tab's first event (Gradio building its
     per-session state) is paid in the warm-up run, as a browser pays it at page load."""
     from core.options import SamplingOptions
 
     values = {**SamplingOptions().model_dump(), "temperature": 0.0, "seed": "1", "max_tokens": max_tokens, "stop": ""}
     data = [prompt, None, None, "", *[values[k] for k in SamplingOptions.model_fields]]
+    new_chat(base, session)
     start = time.perf_counter()
     join(base, fn_index, session, data)
     first = last = None
@@ -86,7 +89,7 @@ def ui_chat(base: str, fn_index: int, prompt: str, max_tokens: int, session: str
     reply = final[-1]["content"]
     text = reply if isinstance(reply, str) else "".join(p.get("text", "") for p in reply)
     tokens = int(re.search(r"(\d+) tokens?", text).group(1))
-    return {"ttft_s": (first or last) - start, "tokens": tokens,
+    return {"ttft_s": (first or last) - start, "tokens": tokens, "chat_messages": len(final),
             "tokens_per_s": (tokens - 1) / (last - first) if first and last > first else 0.0}
 
 
