@@ -79,14 +79,14 @@ def plan_transformers(dims: ModelDims, tensors: Sequence[TensorInfo], hw: Hardwa
         fit = "cpu_only" if est.cpu_only else ("full_gpu" if est.fully_on_gpu else "partial")
     seconds = 0.0
     if est.cpu_only:
-        seconds = est.cpu.weights / ((hw.ram_bandwidth_bytes_per_s or cal.default_ram_bandwidth) * cal.cpu_efficiency)
+        seconds = est.cpu.weights / cal.cpu_bytes_per_s(hw)
     else:
         bandwidth = hw.gpus[0].bandwidth_bytes_per_s if hw.gpus else None
         if multi is not None:  # the GPUs run one after the other: the slowest one bounds the estimate
             bandwidth = min((hw.gpus[s.index].bandwidth_bytes_per_s or 0 for s in multi.gpus if s.n_blocks),
                             default=0) or None
         if bandwidth:
-            seconds += (est.gpu.weights + est.gpu.kv_cache) / (bandwidth * cal.gpu_efficiency)
+            seconds += (est.gpu.weights + est.gpu.kv_cache) / cal.gpu_bytes_per_s(bandwidth)
         seconds += est.cpu.weights / PCIE_BYTES_PER_S
         if not bandwidth:
             reasons.append("GPU bandwidth unknown: speed left out")

@@ -31,7 +31,7 @@ from typing import Literal, Optional, Sequence
 from core.hardware import Hardware, gpu_summary, pcie_bytes_per_s
 from core.model_shape import ModelShape, type_bytes_per_value
 from core.plan import DevicePlan, MemoryBreakdown, Plan
-from core.planner import (GIB, MIB, Calibration, compute_buffer_bytes, gpu_compute_buffers, kv_bytes,
+from core.planner import (GIB, MIB, Calibration, compute_buffer_bytes, gpu_block_stage_bytes, gpu_compute_buffers, kv_bytes,
                           moe_compute_bytes, pad_ctx)
 
 SplitMode = Literal["layer", "row", "none"]
@@ -106,9 +106,7 @@ def _compute(shape: ModelShape, n_ctx: int, ub: int, flash_attn: bool, has_block
     """One GPU's compute buffer: the worst stage it runs (fitted formulas of ``core.planner``)."""
     stage = 0
     if has_blocks:
-        stage = ub * 4 * (3 * shape.n_ff + 3 * shape.n_embd) + pad_ctx(n_ctx) * ub * 2
-        if not flash_attn:
-            stage = max(stage, pad_ctx(n_ctx) * ub * (4 * shape.n_head + 4) + ub * 4 * 7 * shape.n_embd)
+        stage = gpu_block_stage_bytes(shape, n_ctx, ub, flash_attn)
     if has_output:
         stage = max(stage, ub * 4 * (shape.n_vocab + shape.n_embd))
     if not stage:
@@ -209,7 +207,7 @@ def decode_seconds(shape: ModelShape, hw: Hardware, devices: Sequence[int], spli
     on_gpu = [i for i in range(n) if devices[i] >= 0]
 
     def rate(g: int) -> float:
-        return (hw.gpus[g].bandwidth_bytes_per_s or 300e9) * cal.gpu_efficiency
+        return cal.gpu_bytes_per_s(hw.gpus[g].bandwidth_bytes_per_s)
 
     if split.mode == "row" and on_gpu:
         total = len(split.weights)
@@ -236,8 +234,7 @@ def decode_seconds(shape: ModelShape, hw: Hardware, devices: Sequence[int], spli
     cpu_bytes = (sum(layer_bytes[i] for i in range(n) if devices[i] < 0) + (shape.output_bytes if devices[n] < 0 else 0)
                  + sum(moved.values()))
     if cpu_bytes:
-        ram_bw = (hw.ram_bandwidth_bytes_per_s or cal.default_ram_bandwidth) * cal.cpu_efficiency
-        seconds += cpu_bytes / min(ram_bw, max(hw.cpu_physical_cores, 1) * cal.cpu_core_bytes_per_s)
+        seconds += cpu_bytes / cal.cpu_bytes_per_s(hw)
         if on_gpu and len(on_gpu) < n:
             seconds += cal.partial_sync_s
     seconds += cal.cpu_moe_layer_s * len(cpu_experts)

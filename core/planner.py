@@ -35,15 +35,22 @@ class Calibration:
     gpu_overhead_bytes: int = 598 * MIB       # CUDA context + runtime per GPU (597-599 MiB measured)
     host_overhead_bytes: int = 400 * MIB      # the worker process itself (Python, llama.cpp code)
     gpu_efficiency: float = 0.62              # share of peak GPU bandwidth reached in decode
+    # ... but no more than llama.cpp's quantised mat-vec kernels stream on a GH100: 0.62 x 3.35 TB/s on the
+    # H100, and the same ~2.1 TB/s on the H200 (same chip, 4.8 TB/s HBM3e; dense full-GPU rows of the issue-11
+    # sweep, docs/BENCHMARKS.md), so there the SMs, not the memory, bound decode.
+    gpu_max_bytes_per_s: float = 2.1e12
     gpu_layer_overhead_s: float = 48e-6       # kernel launches and syncs per offloaded layer per token
     gpu_quantized_kv_layer_s: float = 17e-6   # extra per GPU layer per token with a q8_0/q4_0 KV cache
-    cpu_efficiency: float = 0.62              # share of measured RAM bandwidth reached in decode
-    cpu_core_bytes_per_s: float = 4.5e9       # quantised weights one core can multiply per second
-    sampling_s_per_vocab: float = 6.2e-9      # sampling over the vocabulary, per token
-    # The engine's own cost per token beyond weights and sampling (its loop, the logits' way out).
-    # Measured, not assumed: the one-block rows of the issue-11 GPU sweep fit it with sampling_s_per_vocab
-    # (bench/analyse_sweep.py); 0 until then, since the fitted per-layer costs above absorbed it so far.
-    token_overhead_s: float = 0.0
+    # CPU decode streams min(RAM probe x cpu_efficiency, cores x cpu_core_bytes_per_s). On all three 16-core
+    # sweep hosts the cores bound it (~60 GB/s: H100 hosts with probes of 97/110 GB/s, the H200 host with 60
+    # GB/s); the probe counts a copy as 2 bytes moved, where it moves 3 (read-for-ownership), so decode's reads
+    # can reach the probe's figure. Was 0.62 / 4.5e9 (H100 only, where RAM and cores could not be told apart).
+    cpu_efficiency: float = 1.0               # share of measured RAM bandwidth reached in decode
+    cpu_core_bytes_per_s: float = 3.75e9      # quantised weights one core can multiply per second
+    # Per-token decode cost beyond the weights: sampling over the vocabulary and the engine's own loop,
+    # fitted on the one-block 32k/131k/152k-vocabulary rows of the issue-11 H200 sweep (bench/analyse_sweep.py).
+    sampling_s_per_vocab: float = 2.65e-9     # sampling over the vocabulary, per token
+    token_overhead_s: float = 127e-6          # the engine's loop and the logits' way out, per token
     partial_sync_s: float = 150e-6            # per token, when the model is split GPU/CPU
     default_ram_bandwidth: float = 20e9       # when the machine's is unknown
     vram_margin_bytes: int = 256 * MIB        # kept free on the GPU (predictions are within ~64 MiB)
@@ -62,10 +69,19 @@ class Calibration:
     # Mixture of experts. First estimates from the issue-11 anchors (a 30B-A3B on an H200: 211 tokens/s
     # full GPU through the app's engine; llama-bench -ncmoe 16 at 91); refit them from the GPU sweep
     # with bench/analyse_sweep.py (its "refit" section) and change them here, the one place.
-    gpu_moe_layer_s: float = 15e-6            # extra per MoE layer on the GPU per token (router, top-k, gathers)
-    cpu_moe_layer_s: float = 100e-6           # per layer whose experts are in RAM, per token (copies, syncs)
-    cpu_moe_block_s: float = 230e-6           # per MoE block run wholly on the CPU (layer offload), per token
-    moe_compute_factor: float = 1.0           # scales the MoE part of the compute buffers (see moe_compute_bytes)
+    gpu_moe_layer_s: float = 0.0              # extra per MoE layer on the GPU per token (router, top-k, gathers)
+    cpu_moe_layer_s: float = 125e-6           # per layer whose experts are in RAM, per token (copies, syncs)
+    cpu_moe_block_s: float = 275e-6           # per MoE block run wholly on the CPU (layer offload), per token
+    moe_compute_factor: float = 1.4           # scales the MoE part of the compute buffers (see moe_compute_bytes)
+
+    def gpu_bytes_per_s(self, bandwidth: Optional[float]) -> float:
+        """Bytes per second one GPU streams in decode."""
+        return min((bandwidth or 300e9) * self.gpu_efficiency, self.gpu_max_bytes_per_s)
+
+    def cpu_bytes_per_s(self, hw: Hardware) -> float:
+        """Bytes per second the CPU streams in decode: RAM- or core-bound."""
+        ram = (hw.ram_bandwidth_bytes_per_s or self.default_ram_bandwidth) * self.cpu_efficiency
+        return min(ram, max(hw.cpu_physical_cores, 1) * self.cpu_core_bytes_per_s)
 
 
 def pad_ctx(n_ctx: int) -> int:
@@ -100,13 +116,21 @@ def gpu_compute_buffers(shape: ModelShape, n_ctx: int, n_gpu_layers: int, n_ubat
     host = 2 * ub * 4 * shape.n_embd + pad_ctx(n_ctx) * ub * 2
     if n_gpu_layers == 0:
         return shape.output_bytes + ub * 4 * (shape.n_vocab + shape.n_embd), host
-    full = max(ub * 4 * (shape.n_vocab + shape.n_embd),
-               ub * 4 * (3 * shape.n_ff + 3 * shape.n_embd) + pad_ctx(n_ctx) * ub * 2)
-    if not flash_attn:
-        full = max(full, pad_ctx(n_ctx) * ub * (4 * shape.n_head + 4) + ub * 4 * 7 * shape.n_embd)
+    full = max(ub * 4 * (shape.n_vocab + shape.n_embd), gpu_block_stage_bytes(shape, n_ctx, ub, flash_attn))
     if n_gpu_layers < shape.n_layer + 1:
         full += 2 * ub * 4 * shape.n_embd  # activations crossing between the devices
     return full, host
+
+
+def gpu_block_stage_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int = 512, flash_attn: bool = True) -> int:
+    """A GPU's compute buffer for running blocks: the FFN stage plus the f16 attention mask over the
+    context (with flash attention), or the attention scores per head (without); the context term of
+    every header-only VRAM estimate (one GPU and ``core.multi_gpu``)."""
+    ub = n_ubatch
+    stage = ub * 4 * (3 * shape.n_ff + 3 * shape.n_embd) + pad_ctx(n_ctx) * ub * 2
+    if not flash_attn:
+        stage = max(stage, pad_ctx(n_ctx) * ub * (4 * shape.n_head + 4) + ub * 4 * 7 * shape.n_embd)
+    return stage
 
 
 def moe_compute_bytes(shape: ModelShape, n_ubatch: int = 512, cal: Calibration = Calibration()) -> int:
@@ -166,7 +190,7 @@ def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str
     seconds = cal.token_cost_s(shape.n_vocab)
     if gpu_bytes:
         gpu = hw.gpus[0]
-        bandwidth = (gpu.bandwidth_bytes_per_s or 300e9) * cal.gpu_efficiency
+        bandwidth = cal.gpu_bytes_per_s(gpu.bandwidth_bytes_per_s)
         per_layer = cal.gpu_layer_overhead_s + (cal.gpu_quantized_kv_layer_s if kv_type != "f16" else 0.0)
         seconds += gpu_bytes / bandwidth + per_layer * (len(split.gpu_blocks) + 1)
         if shape.is_moe:
@@ -174,9 +198,7 @@ def _decode_seconds(shape: ModelShape, hw: Hardware, split: _Split, kv_type: str
         if kv_in_ram:
             seconds += cal.kv_ram_layer_s * len(split.gpu_blocks)
     if cpu_bytes:
-        ram_bw = (hw.ram_bandwidth_bytes_per_s or cal.default_ram_bandwidth) * cal.cpu_efficiency
-        rate = min(ram_bw, max(hw.cpu_physical_cores, 1) * cal.cpu_core_bytes_per_s)
-        seconds += cpu_bytes / rate
+        seconds += cpu_bytes / cal.cpu_bytes_per_s(hw)
     if gpu_bytes and split.cpu_blocks:
         seconds += cal.partial_sync_s
     seconds += cal.cpu_moe_layer_s * len(split.cpu_experts)
