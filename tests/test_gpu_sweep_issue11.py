@@ -70,6 +70,13 @@ def test_the_automatic_plan_fits_its_budget_and_reaches_95_percent_of_the_best()
         assert b["ratio"] is not None and b["ratio"] >= 0.95, b
 
 
+# Budget runs today's planner places otherwise than the run did, so their automatic plan is not measured:
+# q14 at 8 GiB ran 42 layers with the KV cache in RAM (27.3 tokens/s); issue 15's refit of kv_ram_layer_s
+# (40 -> 183 us, its own H200 run) makes KV in RAM slower, so the plan is now 40 layers with a q4_0 cache
+# in VRAM (30.9 tokens/s predicted). The next GPU run of bench/gpu_session_issue11.sh measures it.
+REPLANNED = {("q14", 8.0)}
+
+
 @needs_data
 def test_the_planner_today_places_the_budget_runs_as_they_were_measured():
     """The recorded budget runs were planned with the constants before the refit; today's planner (refit
@@ -81,9 +88,15 @@ def test_the_planner_today_places_the_budget_runs_as_they_were_measured():
     hw, found = machine(REPORT), shapes(REPORT)
     order = ("f16", "q8_0", "q4_0")
     for b in REPORT["budgets"]:
-        plan = plan_load(ModelFacts("llama_cpp", b["model"], found[b["model"]]),
-                         hw.with_budget(vram_bytes=int(b["budget_gib"] * GIB)), Calibration())
+        budget_hw = hw.with_budget(vram_bytes=int(b["budget_gib"] * GIB))
+        plan = plan_load(ModelFacts("llama_cpp", b["model"], found[b["model"]]), budget_hw, Calibration())
         run = b["plan"]
+        if (b["model"], b["budget_gib"]) in REPLANNED:
+            # Not measured: today's plan must fit by prediction and be predicted faster than the run's.
+            old = evaluate(found[b["model"]], budget_hw, run["n_gpu_layers"], run["n_ctx"], run["kv_type"],
+                           kv_placement=run["kv_placement"], n_cpu_moe=run["n_cpu_moe"])
+            assert plan.fit != "no_fit" and plan.tokens_per_s > old.tokens_per_s, (plan, old)
+            continue
         assert (plan.n_gpu_layers, plan.n_cpu_moe, plan.kv_placement, plan.n_ctx) == (
             run["n_gpu_layers"], run["n_cpu_moe"], run["kv_placement"], run["n_ctx"]), b["model"]
         assert order.index(plan.kv_type) >= order.index(run["kv_type"]), b["model"]
