@@ -149,3 +149,12 @@ def test_bug6_the_model_panel_can_show_the_loaded_options_after_a_reload(app):
     load_panel = by_id(app, "load-n_ctx")
     assert any(d.targets and d.targets[0][1] == "load" and load_panel in d.outputs for d in deps(app)), \
         "nothing sets the Model panel when the page (re)loads"
+
+
+def test_bug7_loading_a_preset_sets_the_chats_sampling_widgets(app):
+    from ui import presets_handlers
+
+    (load,) = [d for d in deps(app) if d.api_name == "load_preset"]
+    assert load.outputs[0].elem_id == "presets-status"
+    assert [b.elem_id for b in load.outputs[1:]] == [f"sampling-{n}" for n in presets_handlers.SAMPLING_FIELDS]
+    assert presets_handlers.SAMPLING_FIELDS == h.SAMPLING_FIELDS  # the chat reads them in this order

@@ -13,11 +13,13 @@ from core.hardware import GIB, Hardware
 from core.load_plan import applied_options
 from core.plan import Plan
 from core.preset_plans import plan_preset
+from core.options import SamplingOptions
 from core.presets import EMBEDDED_KEY, Preset, RankedPreset, rank
 from services.hardware import list_profiles
 from services.paths import project_root
 from services.presets_loader import load_presets
 from ui.context import AppContext
+from ui.option_widgets import widget_values
 from ui.status import format_status
 
 THIS_MACHINE = "This machine"
@@ -97,13 +99,15 @@ def render_table(entries: list[RankedPreset], quality: Optional[dict[str, str]] 
     rows = []
     quality = quality or {}
     for e in entries:
-        p = e.plan
-        why = "; ".join(p.reasons) if p else e.problem
+        why = "; ".join(e.plan.reasons) if e.plan else e.problem
+        # A plan that does not fit is no plan to show: its layers, context and speeds would read
+        # as something this machine can do. The badge and the reasons say why.
+        p = e.plan if e.plan is not None and e.plan.fit != "no_fit" else None
         disk = "on disk" if e.local_path else "not downloaded"
         cells = [
             f"<b>{html.escape(e.preset.name)}</b><br><small>{html.escape(e.preset.backend)} · "
             f"{html.escape(e.preset.quantization)} · {disk}</small>",
-            _badge(p, e.problem),
+            _badge(e.plan, e.problem),
             f"{p.n_gpu_layers}/{p.n_layer + 1}" if p else "–",
             f"{p.n_ctx:,} · {html.escape(p.kv_type)}" + (" · KV in RAM" if p.kv_placement == "ram" else "") if p else "–",
             _gib(p.vram_bytes) if p else "–",
@@ -152,8 +156,20 @@ def _planning(ctx: AppContext):
     return ctx.planning
 
 
-def load_preset(ctx: AppContext, key: Any, goal_label: Any = "Fastest") -> str:
-    """Load a preset with the plan the table shows for this machine: the same plan, applied as is."""
+SAMPLING_FIELDS: tuple[str, ...] = tuple(SamplingOptions.model_fields)
+
+
+def preset_sampling(preset: Preset) -> list[Any]:
+    """The chat's Sampling widgets' values for ``preset``, in ``SAMPLING_FIELDS`` order: the values
+    the preset's YAML sets, ``gr.skip()`` (the user's own setting stays) for the others."""
+    given = preset.sampling.model_fields_set
+    shown = widget_values(SamplingOptions, preset.sampling, SAMPLING_FIELDS)
+    return [value if name in given else gr.skip() for name, value in zip(SAMPLING_FIELDS, shown)]
+
+
+def load_preset(ctx: AppContext, key: Any, goal_label: Any = "Fastest") -> tuple[Any, ...]:
+    """Load a preset with the plan the table shows for this machine: the same plan, applied as is.
+    Returns the status line, then the preset's sampling values for the chat (``preset_sampling``)."""
     presets, _ = load_all_presets(ctx)
     if not isinstance(key, str) or key not in presets:
         raise gr.Error("Pick a preset from the list.")
@@ -163,17 +179,22 @@ def load_preset(ctx: AppContext, key: Any, goal_label: Any = "Fastest") -> str:
     planning = _planning(ctx)
     hw = planning.machine()
     entry = plan_preset(key, preset, hw, _library(ctx), planning.facts, planning.calibration(hw), GOALS[goal_label])
+    # Before "download it": a preset this machine cannot run is not worth a download.
+    if entry.plan is not None and entry.plan.fit == "no_fit":
+        raise gr.Error(f"{preset.name} cannot run on this machine (it does not fit): "
+                       + "; ".join(entry.plan.reasons))
     if entry.local_path is None:
         where = (f"{preset.model.repo} ({preset.model.file or 'all files'})" if preset.model.repo
                  else preset.model.path or "the embedded model")
         raise gr.Error(f"{preset.name} is not on disk yet: download {where} in the Models tab first.")
     if entry.plan is None:
         raise gr.Error(f"{preset.name}: {entry.problem}")
-    if entry.plan.fit == "no_fit":
-        raise gr.Error(f"{preset.name} does not fit on this machine: " + "; ".join(entry.plan.reasons))
     options = applied_options(entry.plan, preset.load_options())
     try:
         ctx.manager.load(LoadSpec(entry.local_path, options, backend=preset.backend, display_name=preset.name))
     except BackendError as exc:
         gr.Warning(str(exc))
-    return format_status(ctx.manager.state())
+        return (format_status(ctx.manager.state()), *[gr.skip()] * len(SAMPLING_FIELDS))
+    if preset.sampling.model_fields_set:
+        gr.Info(f"The chat's Sampling settings now follow {preset.name}.")
+    return (format_status(ctx.manager.state()), *preset_sampling(preset))

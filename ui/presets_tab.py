@@ -37,6 +37,12 @@ def build(ctx: AppContext) -> None:
     inputs = [machine, goal]
     gr.on([machine.change, goal.change, refresh_btn.click], on_refresh, inputs, outputs, api_name="rank_presets",
           concurrency_limit=2)
-    load_btn.click(on_load, [choice, goal], status, api_name="load_preset", concurrency_limit=1,
-                   concurrency_id="model-admin")
-    return lambda app, tabs: tabs["presets"].select(on_refresh, inputs, outputs, api_visibility="private")
+    def wire(app, tabs):
+        # The preset's sampling values go to the chat's Sampling widgets (found by their elem ids:
+        # the Chat tab owns them).
+        by_id = {b.elem_id: b for b in app.blocks.values() if getattr(b, "elem_id", None)}
+        sampling = [by_id[f"sampling-{name}"] for name in h.SAMPLING_FIELDS]
+        load_btn.click(on_load, [choice, goal], [status, *sampling], api_name="load_preset", concurrency_limit=1,
+                       concurrency_id="model-admin")
+        tabs["presets"].select(on_refresh, inputs, outputs, api_visibility="private")
+    return wire
