@@ -128,3 +128,19 @@ def test_resources_tab_shows_the_remote_speed_and_errors(tmp_path, server):
         assert manager.state().status == "ready"  # the app keeps serving; a retry can work
     finally:
         manager.close()
+
+
+@pytest.mark.parametrize("bad", [0, 0.5, 3601, "soon", float("nan"), [30], True])
+def test_reply_timeout_out_of_range_is_refused_before_loading(ctx, server, bad):
+    rh.add(ctx, ADMIN, "box", server.url, SERVER_KEY)
+    with pytest.raises(gr.Error, match="reply timeout"):
+        rh.load(ctx, ADMIN, "box", ALIAS, bad)
+    assert ctx.manager.state().status == "empty"
+
+
+def test_reply_timeout_set_in_the_panel_reaches_the_load(ctx, server):
+    rh.add(ctx, ADMIN, "box", server.url, SERVER_KEY)
+    assert rh.load(ctx, ADMIN, "box", ALIAS, 45).startswith("**Ready**")
+    assert ctx.manager.state().spec.options.timeout_s == 45.0
+    assert rh.load(ctx, ADMIN, "box", ALIAS, None).startswith("**Ready**")
+    assert ctx.manager.state().spec.options.timeout_s == rh.TIMEOUT_FIELD.default

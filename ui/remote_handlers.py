@@ -8,6 +8,7 @@ import time
 from typing import Any, Optional
 
 import gradio as gr
+from pydantic import ValidationError
 
 from backends.base import BackendError, LoadSpec
 from backends.remote_engine import RemoteBackend
@@ -91,15 +92,32 @@ def list_models(ctx: AppContext, request: Any, name: Any) -> tuple[str, Any]:
             gr.Dropdown(choices=list(models), value=models[0]))
 
 
-def load(ctx: AppContext, request: Any, name: Any, model: Any) -> str:
+TIMEOUT_FIELD = RemoteLoadOptions.model_fields["timeout_s"]
+TIMEOUT_RANGE = tuple(next(getattr(m, a) for m in TIMEOUT_FIELD.metadata if hasattr(m, a)) for a in ("ge", "le"))
+
+
+def _options(endpoint: str, timeout_s: Any) -> RemoteLoadOptions:
+    """The load's options; the reply timeout is checked by RemoteLoadOptions itself (one declaration)."""
+    if timeout_s is None or timeout_s == "":
+        return RemoteLoadOptions(endpoint=endpoint)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float, str)):
+        raise gr.Error("The reply timeout is a number of seconds.")
+    try:
+        return RemoteLoadOptions(endpoint=endpoint, timeout_s=timeout_s)
+    except ValidationError:
+        low, high = TIMEOUT_RANGE
+        raise gr.Error(f"The reply timeout must be a number of seconds from {low:g} to {high:g}.") from None
+
+
+def load(ctx: AppContext, request: Any, name: Any, model: Any, timeout_s: Any = None) -> str:
     require_admin(ctx, request, "load a model")
     endpoint = _endpoint(ctx, name)
     if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_ID:
         raise gr.Error("Pick one of the endpoint's models (press List models).")
     model = model.strip()
+    options = _options(endpoint.name, timeout_s)
     try:
-        ctx.manager.load(LoadSpec(model, RemoteLoadOptions(endpoint=endpoint.name), backend="remote",
-                                  display_name=model))
+        ctx.manager.load(LoadSpec(model, options, backend="remote", display_name=model))
     except BackendError as exc:
         gr.Warning(str(exc))
     return format_status(ctx.manager.state())

@@ -24,6 +24,9 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks, dict], None]:
         picked = gr.Dropdown(label="Endpoint", elem_id="remote-choice", scale=2)
         list_btn = gr.Button("List models", elem_id="remote-list", scale=1)
         model = gr.Dropdown(label="Remote model", elem_id="remote-model", scale=3)
+        timeout = gr.Number(value=rh.TIMEOUT_FIELD.default, minimum=rh.TIMEOUT_RANGE[0], maximum=rh.TIMEOUT_RANGE[1],
+                            step=1, label=rh.TIMEOUT_FIELD.title, info=rh.TIMEOUT_FIELD.description,
+                            elem_id="remote-timeout", scale=2)
         load_btn = gr.Button("Load", variant="primary", elem_id="remote-load", scale=1)
         remove_btn = gr.Button("Remove", variant="stop", elem_id="remote-remove", scale=1)
     status = gr.Markdown(elem_id="remote-status")
@@ -34,8 +37,8 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks, dict], None]:
     def on_list(request: gr.Request, endpoint):
         return rh.list_models(ctx, request, endpoint)
 
-    def on_load(request: gr.Request, endpoint, model_id):
-        return rh.load(ctx, request, endpoint, model_id)
+    def on_load(request: gr.Request, endpoint, model_id, timeout_s):
+        return rh.load(ctx, request, endpoint, model_id, timeout_s)
 
     def on_remove(request: gr.Request, endpoint):
         return rh.remove(ctx, request, endpoint)
@@ -48,7 +51,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks, dict], None]:
                   concurrency_limit=1, concurrency_id="remote-admin")
     list_btn.click(on_list, picked, [status, model], api_name="list_remote_models", concurrency_limit=2,
                    concurrency_id="remote-list")
-    load_btn.click(on_load, [picked, model], status, api_name="load_remote_model", concurrency_limit=1,
+    load_btn.click(on_load, [picked, model, timeout], status, api_name="load_remote_model", concurrency_limit=1,
                    concurrency_id="model-admin").then(on_refresh, None, [endpoints, picked],
                                                       api_visibility="private")
     remove_btn.click(on_remove, picked, [status, endpoints, picked], api_name="remove_remote",
