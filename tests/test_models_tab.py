@@ -188,3 +188,26 @@ def test_a_downloaded_transformers_model_is_listed_with_its_best_quantisation(ct
     assert "every file verified" in progress and lib_choice.value == "test-org--Tiny-Safetensors"
     row = table.split('data-model="test-org--Tiny-Safetensors"')[1].split("</tr>")[0]
     assert "safetensors" in row and "bf16" in row and 'data-fit="full_gpu"' in row and "≤" in row  # all fit: bf16
+
+
+def test_show_path_is_admin_only_in_the_handler(tmp_path):
+    """Issue 13 (round 3): the handler itself refuses a non-admin with a clear message (not only the
+    button's wiring), so no other caller of it can hand a guest the models folder's absolute path."""
+    from types import SimpleNamespace
+    from dataclasses import replace
+    settings = replace(AppSettings(data_dir=tmp_path), auth=(("ann", "pw-ann-1"), ("bob", "pw-bob-1")),
+                       admins=("ann",))
+    manager = ModelManager()
+    try:
+        context = AppContext(settings, manager, lambda: build_catalog(None, settings.models_dir),
+                             hardware=lambda: GPU)
+        name = EMBEDDED_NAME
+        guest = SimpleNamespace(username="bob", headers={})
+        with pytest.raises(gr.Error, match="Only an admin can see where models are stored; you are logged in as bob"):
+            lib.reveal(context, name, guest)
+        with pytest.raises(gr.Error, match="Only an admin"):
+            lib.reveal(context, name, None)  # nobody logged in, with logins on
+        admin = SimpleNamespace(username="ann", headers={})
+        assert lib.reveal(context, name, admin).startswith("/")
+    finally:
+        manager.close()

@@ -15,6 +15,7 @@ from core.model_catalog import ModelEntry, UnknownModelError
 from core.load_plan import applied_options
 from core.planner import Calibration
 from services.library import DeleteError, delete_model, library_items, plan_local, read_usage, record_use
+from ui.access import require_admin
 from ui.context import AppContext
 from ui.models_view import library_table
 from ui.status import format_status
@@ -80,7 +81,10 @@ def load(ctx: AppContext, name: Any) -> str:
     return format_status(ctx.manager.state())
 
 
-def reveal(ctx: AppContext, name: Any) -> str:
+def reveal(ctx: AppContext, name: Any, request: Any = None) -> str:
+    """The model's absolute path: admins only, checked here (not only where the button is wired),
+    because a path tells a guest the account name and the folder layout."""
+    require_admin(ctx, request, "see where models are stored")
     entry = _entry(ctx, name)
     return entry.path
 

@@ -78,8 +78,7 @@ def build(ctx: AppContext, services: Optional[h.ModelsServices] = None) -> Calla
         return lib.load(ctx, name)
 
     def on_reveal(request: gr.Request, name):
-        require_admin(ctx, request, "see where models are stored")
-        return lib.reveal(ctx, name)
+        return lib.reveal(ctx, name, request)
 
     def on_ask_delete(request: gr.Request, name):
         require_admin(ctx, request, "delete models")
