@@ -165,3 +165,25 @@ def test_a_waiting_reply_shows_its_place_and_stop_leaves_the_line(ctx):
         busy.close()
     final = list(h.send(ctx, "after", "Hi", (), "", sampling(max_tokens=4)))[-1][1][-1]
     assert final.stats is not None  # the model is free again
+
+
+def test_editing_an_earlier_message_asks_before_dropping_later_turns(ctx):
+    _, history = last(h.send(ctx, "s-edit", "Say one.", (), "", sampling(max_tokens=4)))
+    _, history = last(h.send(ctx, "s-edit", "Say two.", history, "", sampling(max_tokens=4)))
+    assert len(history) == 4
+    # the first message: its reply is replaced anyway, the second exchange (2 messages) would go
+    pending, later = h.ask_edit(history, 0, [{"type": "text", "text": "Say three."}])
+    assert later == 2 and pending == (0, "Say three.", 4, False)
+    assert list(h.run_edit(ctx, "s-edit", pending, history, "", sampling(max_tokens=4))) == []  # not yet
+    assert list(h.run_edit(ctx, "s-edit", None, history, "", sampling(max_tokens=4))) == []   # "Keep them"
+    confirmed = h.confirm_edit(pending)
+    assert confirmed == (0, "Say three.", 4, True) and h.confirm_edit(confirmed) is None
+    with pytest.raises(gr.Error, match="changed since"):
+        list(h.run_edit(ctx, "s-edit", confirmed, history[:2], "", sampling(max_tokens=4)))
+    _, edited = last(h.run_edit(ctx, "s-edit", confirmed, history, "", sampling(max_tokens=4)))
+    assert [m.content for m in edited[:1]] == ["Say three."] and len(edited) == 2
+    # the last message drops nothing but its own reply: no question
+    pending, later = h.ask_edit(history, 2, "Say four.")
+    assert later == 0 and pending[3] is True
+    with pytest.raises(gr.Error):
+        h.ask_edit(history, 1, "not yours")

@@ -158,3 +158,13 @@ def test_bug7_loading_a_preset_sets_the_chats_sampling_widgets(app):
     assert load.outputs[0].elem_id == "presets-status"
     assert [b.elem_id for b in load.outputs[1:]] == [f"sampling-{n}" for n in presets_handlers.SAMPLING_FIELDS]
     assert presets_handlers.SAMPLING_FIELDS == h.SAMPLING_FIELDS  # the chat reads them in this order
+
+
+def test_an_edit_asks_before_anything_is_dropped(app):
+    chatbot, row = by_id(app, "chatbot"), by_id(app, "confirm-edit")
+    (ask,) = [d for d in deps(app) if any(t[0] == chatbot._id and t[1] == "edit" for t in d.targets)]
+    assert not ask.types_generator and row in ask.outputs
+    history_states = {b for b in app.blocks.values() if isinstance(b, gr.State) and b.value == ()}
+    assert not history_states & set(ask.outputs), "asking must not change what the model sees"
+    (run,) = [d for d in deps(app) if d.api_name == "edit"]
+    assert history_states & set(run.outputs)

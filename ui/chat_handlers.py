@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import gradio as gr
 
@@ -152,6 +152,38 @@ def edit(ctx: AppContext, session: str, index: Any, new_text: Any, history: Any,
          sampling_values: Sequence[Any]) -> Iterator[Update]:
     history = _check(edit_user_message, _history(history), index, _check(content_text, new_text))
     yield from _stream_updates(ctx, session, history, system_prompt, sampling_values)
+
+
+PendingEdit = tuple[int, str, int, bool]  # (message index, new text, chat length when asked, confirmed)
+
+
+def ask_edit(history: Any, index: Any, new_text: Any) -> tuple[PendingEdit, int]:
+    """Check an edit of message ``index`` before anything is dropped. Returns the pending edit and
+    how many later messages it would drop besides the edited message's own reply: with none the
+    edit is confirmed at once; with some the tab asks first (``run_edit`` waits for the yes)."""
+    history = _history(history)
+    text = _check(content_text, new_text)
+    _check(edit_user_message, history, index, text)
+    later = max(0, len(history) - index - 2)
+    return (index, text, len(history), later == 0), later
+
+
+def confirm_edit(pending: Any) -> Optional[PendingEdit]:
+    """The user said yes: drop the later turns."""
+    if isinstance(pending, tuple) and len(pending) == 4 and not pending[3]:
+        return (*pending[:3], True)
+    return None
+
+
+def run_edit(ctx: AppContext, session: str, pending: Any, history: Any, system_prompt: Any,
+             sampling_values: Sequence[Any]) -> Iterator[Update]:
+    """Resend a confirmed edit; nothing for an edit still waiting for its yes (or a "keep")."""
+    if not (isinstance(pending, tuple) and len(pending) == 4 and pending[3] is True):
+        return
+    index, text, length, _ = pending
+    if len(_history(history)) != length:
+        raise gr.Error("The chat changed since you edited that message: edit it again.")
+    yield from edit(ctx, session, index, text, history, system_prompt, sampling_values)
 
 
 def flip(history: Any, step: Any) -> Update:

@@ -21,12 +21,18 @@ def build(ctx: AppContext):
     history = gr.State(())
     conv = gr.State(None)      # (conversation id, revision) once written; see ui.conversation_handlers
     taken = gr.State("")       # the message taken from the box, handed to the reply
+    pending_edit = gr.State(None)  # an edit of an earlier message, until the user says what to drop
     with gr.Row(equal_height=False):
         panel = conversations_panel.build()
         with gr.Column(scale=3):
             status = gr.Markdown(lambda: format_status(ctx.manager.state()), elem_id="model-status")
             chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height=520, editable="user",
                                  buttons=["copy"], placeholder="Ask anything. Replies stream here.")
+            with gr.Row(visible=False, elem_id="confirm-edit") as edit_row:
+                edit_note = gr.Markdown(elem_id="confirm-edit-note")
+                edit_yes = gr.Button("Drop them and resend", variant="stop", elem_id="confirm-edit-yes", size="sm",
+                                     min_width=80)
+                edit_no = gr.Button("Keep them", elem_id="confirm-edit-no", size="sm", min_width=80)
             with gr.Row():
                 message = gr.Textbox(elem_id="message", label="Message", show_label=False,
                                      placeholder="Message (Enter to send)", scale=8, lines=1, max_lines=8,
@@ -88,9 +94,22 @@ def build(ctx: AppContext):
     def on_continue(request: gr.Request, hist, cur, system, *sampling):
         yield from saving(request, cur, system, h.continue_reply(ctx, request.session_hash, hist, system, sampling))
 
-    def on_edit(request: gr.Request, evt: gr.EditData, hist, cur, system, *sampling):
-        yield from saving(request, cur, system,
-                          h.edit(ctx, request.session_hash, evt.index, evt.value, hist, system, sampling))
+    def on_edit_ask(evt: gr.EditData, hist):
+        """An edit drops every later turn: with later turns the tab asks first and shows the chat
+        as it was (the browser already shows the edited text)."""
+        try:
+            pending, later = h.ask_edit(hist, evt.index, evt.value)
+        except gr.Error as exc:
+            gr.Warning(exc.message)
+            return None, gr.Row(visible=False), "", h.to_display(h._history(hist))
+        if not later:
+            return pending, gr.Row(visible=False), "", gr.skip()
+        note = (f"Editing this message drops the {later} later message{'s' if later > 1 else ''} of this chat "
+                "(the conversation before the edit is not kept). Drop them and resend?")
+        return pending, gr.Row(visible=True), note, h.to_display(h._history(hist))
+
+    def on_edit_run(request: gr.Request, pending, hist, cur, system, *sampling):
+        yield from saving(request, cur, system, h.run_edit(ctx, request.session_hash, pending, hist, system, sampling))
 
     def on_flip(step):
         def flip(request: gr.Request, hist, cur, system):
@@ -151,8 +170,17 @@ def build(ctx: AppContext):
                    concurrency_id="stop", concurrency_limit=None)
     continue_btn.click(on_continue, chat_inputs, stream_outputs, api_name="continue_reply", **common).then(
         **refresh).then(on_status, None, status, api_visibility="private")
-    chatbot.edit(on_edit, chat_inputs, stream_outputs, api_name="edit", **common).then(**refresh).then(
+    asked = [pending_edit, edit_row, edit_note, chatbot]
+    edit_run = dict(fn=on_edit_run, inputs=[pending_edit, *chat_inputs], outputs=stream_outputs, **common)
+    chatbot.edit(on_edit_ask, history, asked, api_visibility="private", concurrency_id="stop",
+                 concurrency_limit=None).then(api_name="edit", **edit_run).then(**refresh).then(
         on_status, None, status, api_visibility="private")
+    edit_yes.click(lambda p: (h.confirm_edit(p), gr.Row(visible=False)), pending_edit, [pending_edit, edit_row],
+                   api_visibility="private", concurrency_id="stop", concurrency_limit=None).then(
+        api_visibility="private", **edit_run).then(**refresh).then(on_status, None, status, api_visibility="private")
+    edit_no.click(lambda hist: (None, gr.Row(visible=False), h.to_display(h._history(hist))), history,
+                  [pending_edit, edit_row, chatbot], api_visibility="private", concurrency_id="stop",
+                  concurrency_limit=None)
     # Stop refuses nothing, so it runs outside the queue: the fastest path while a reply streams.
     stop_btn.click(on_stop, None, None, api_name="stop", queue=False)
     # The chat's trash icon means what New chat means: an empty conversation, the old one kept.
