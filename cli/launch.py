@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import signal
 import time
 from pathlib import Path
 
@@ -73,6 +74,10 @@ def _print_urls(settings: AppSettings) -> None:
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024 + 64 * 1024
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def launch(settings: AppSettings, started: float) -> int:
     from starlette.middleware import Middleware
 
@@ -126,6 +131,9 @@ def launch(settings: AppSettings, started: float) -> int:
         ctx.manager.load_in_background(spec)
     _print_urls(settings)
     print(f"FitChat: ready in {time.monotonic() - started:.1f} s (Ctrl+C to stop)", flush=True)
+    # SIGTERM (systemd, docker stop, kill) shuts down like Ctrl+C: the worker stops, the atexit
+    # clean-ups (Gradio's private temp folder, chat exports) run. The default action skips them.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app.block_thread()
     finally:

@@ -87,3 +87,15 @@ def test_a_chunked_huge_body_is_read_with_a_cap(app):
     except httpx.TransportError:
         pass  # the server may close the connection while the client still sends
     assert _rss_mib(app.proc.pid) - before < 30
+
+
+@pytest.mark.parametrize("path, body", [
+    ("v1/chat/completions", {"messages": [{"role": "user", "content": "hello world " * 5000}], "stream": True}),
+    ("v1/completions", {"prompt": "hello world " * 5000, "stream": True}),
+], ids=["chat", "text"])
+def test_a_streamed_request_over_the_context_is_a_json_400(app, path, body):
+    """Not an SSE error event inside a 200: the prompt is refused before the stream's headers go out."""
+    with httpx.stream("POST", app.url + path, json=body, timeout=120) as r:
+        text = r.read().decode()
+        assert r.status_code == 400 and r.headers["content-type"].startswith("application/json"), text[:300]
+    assert "context holds" in json.loads(text)["error"]["message"]

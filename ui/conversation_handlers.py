@@ -7,7 +7,6 @@ another tab as a new one instead of overwriting it (``Saved.forked``), and the t
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -15,6 +14,7 @@ import gradio as gr
 
 from core.chat_history import History, HistoryError, check_system_prompt, export_chat, import_chat, to_display
 from core.conversations import check_conversation_id, check_query, check_title, file_stem, to_markdown
+from ui import export_files
 from ui.context import AppContext
 
 Current = Optional[tuple[str, int]]
@@ -156,7 +156,8 @@ def delete(ctx: AppContext, user: Optional[str], session: str, current: Any) -> 
 
 def export_file(ctx: AppContext, user: Optional[str], current: Any, history: Any, system_prompt: Any,
                 fmt: Any, title: Any = "") -> str:
-    """The conversation as Markdown or JSON in a private temporary file that Gradio serves once."""
+    """The conversation as Markdown or JSON in a private temporary file that Gradio serves once
+    (removed after ``export_files.EXPORT_TTL_S`` and at exit)."""
     if fmt not in EXPORT_FORMATS:
         raise gr.Error(f"Pick an export format: {', '.join(EXPORT_FORMATS)}.")
     history, system = _history(history), _system(system_prompt)
@@ -168,7 +169,7 @@ def export_file(ctx: AppContext, user: Optional[str], current: Any, history: Any
     else:
         text, suffix = to_markdown(title, history, system), ".md"
     # In a fresh private folder of the system temp dir, the one place Gradio serves outputs from.
-    folder = Path(tempfile.mkdtemp(prefix="fitchat-export-"))
+    folder = export_files.new_export_folder()
     path = folder / (file_stem(title) + suffix)
     path.write_text(text, encoding="utf-8")
     return str(path)
