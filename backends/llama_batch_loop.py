@@ -13,10 +13,12 @@ end, or an exception.
 from __future__ import annotations
 
 import ctypes
+import os
 import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Generator, Optional
 
@@ -26,6 +28,11 @@ from backends.llama_slots import Slot, SlotPool
 from backends.reply_loop import reply_stats
 from core.generation import GenerationProgress, StopMatcher, Utf8Assembler
 from core.options import SamplingOptions
+
+
+ABORTED = 2  # llama_decode's return code when the abort callback stopped it
+ABORTABLE_TOKENS = 64  # a batch this large (a prompt chunk) runs with the abort callback installed
+SLOW_STEP_S = 0.1  # ... and so does every step after one that took this long
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class BatchLoop:
         for i in range(n_batch):
             b.n_seq_id[i] = 1
         self.steps = 0  # decode steps so far
+        self.aborted = 0  # decodes the abort callback stopped
         self.history: deque[ReplyRecord] = deque(maxlen=64)  # the last replies' slot and step accounting
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -93,6 +101,17 @@ class BatchLoop:
         self._cond = threading.Condition()
         self._closing = False
         self._paused = False  # something else uses the context (the quality check): admit no reply
+        # Sampling several replies a step: each llama_sampler_sample walks an n_vocab array in C with
+        # the GIL released, so a few threads run them side by side (GPU hosts have idle cores then).
+        workers = min(n_parallel, 8, max(2, (os.cpu_count() or 1) // 2))
+        self._samplers = ThreadPoolExecutor(workers, "llama-sample") if workers > 1 else None
+        # Stop during a long decode: llama.cpp polls this between graph nodes (CPU backend) and aborts
+        # the decode when every reply in the batch is stopped. It costs a GIL round trip a node, so it
+        # is installed only for steps that are slow (a prompt chunk, or a slow machine).
+        self._abort_cb = lc.ggml_abort_callback(self._abort_wanted)  # kept alive as long as the context
+        self._abort_on = False
+        self._in_batch: list[Reply] = []
+        self._slow_step = False
         self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
         self._thread.start()
 
@@ -118,6 +137,10 @@ class BatchLoop:
             self._closing = True
             self._cond.notify()
         self._thread.join(timeout=30)
+        if self._samplers is not None:
+            self._samplers.shutdown(wait=True)
+        if self._abort_on:
+            self._lc.llama_set_abort_callback(self._ctx, self._lc.ggml_abort_callback(), None)
         self._lc.llama_batch_free(self._batch)
 
     def exclusive(self, work: Generator):
@@ -198,17 +221,58 @@ class BatchLoop:
             reply.chunk = chunk
             n += k
         self._batch.n_tokens = n
+        self._in_batch = [r for r in self._active if r.chunk]
+        self._set_abort(self._slow_step or n > ABORTABLE_TOKENS)
+        t0 = time.monotonic()
         rc = self._lc.llama_decode(self._ctx, self._batch)
+        self._slow_step = n <= ABORTABLE_TOKENS and time.monotonic() - t0 > SLOW_STEP_S
         self.steps += 1
+        batch, self._in_batch = self._in_batch, []
+        if rc == ABORTED:
+            self.aborted += 1
+            self._roll_back(batch)  # the stopped replies end before the next step
+            return
         if rc != 0:
             failure = BackendError(self._describe_failure(rc))
-            for reply in [r for r in self._active if r.chunk]:
+            for reply in batch:
                 self._fail(reply, failure, clear_cache=True)
             return
-        for reply in list(self._active):
+        for reply in batch:
             reply.slot.tokens.extend(reply.chunk)
-            if reply.idx >= 0:
-                self._on_token(reply, reply.sampler.sample(self._ctx, reply.idx))
+        ready = [r for r in batch if r.idx >= 0]
+        for reply, token in zip(ready, self._sample(ready)):
+            self._on_token(reply, token)
+
+    def _sample(self, ready: list[Reply]) -> list[int]:
+        ctx = self._ctx
+        if self._samplers is None or len(ready) < 2:
+            return [r.sampler.sample(ctx, r.idx) for r in ready]
+        # Wait for the decode and reorder its outputs here, once, so the threads only read the logits.
+        self._lc.llama_get_logits_ith(ctx, ready[0].idx)
+        return list(self._samplers.map(lambda r: r.sampler.sample(ctx, r.idx), ready))
+
+    def _abort_wanted(self, _data) -> bool:
+        try:
+            batch = self._in_batch
+            return bool(batch) and all(r.stopped() for r in batch)
+        except Exception:  # never let an exception cross into C
+            return False
+
+    def _set_abort(self, on: bool) -> None:
+        if on != self._abort_on:
+            cb = self._abort_cb if on else self._lc.ggml_abort_callback()
+            self._lc.llama_set_abort_callback(self._ctx, cb, None)
+            self._abort_on = on
+
+    def _roll_back(self, batch: list[Reply]) -> None:
+        """After an aborted decode: each sequence's KV cache back to what its slot records (llama.cpp
+        drops only the failed micro-batch; earlier ones of the same batch stayed)."""
+        for reply in batch:
+            slot = reply.slot
+            if not self._lc.llama_memory_seq_rm(self._mem, slot.seq_id, len(slot.tokens), -1):
+                self._lc.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                slot.tokens.clear()
+            reply.idx, reply.chunk = -1, []
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         self._tok[i], self._pos[i], self._out[i] = token, pos, logits

@@ -84,9 +84,22 @@ class SamplerChain:
             self.close()
             raise
         self.sample_fn = lc.llama_sampler_sample
+        self.n_vocab = n_vocab
+        # Greedy with no penalty and no grammar: the chain's answer never depends on its history, and
+        # llama.cpp's greedy picks the first largest logit, as numpy's argmax does. An argmax over the
+        # logits in place skips building the n_vocab candidate array a token (~0.3 ms at a 128k vocab).
+        self.plain_greedy = (params.temperature == 0.0 and params.repeat_penalty == 1.0
+                             and not params.presence_penalty and not params.frequency_penalty
+                             and not params.grammar.strip() and not params.json_schema.strip())
 
     def sample(self, ctx, idx: int) -> int:
         """The token for the logits of output ``idx`` of the last decoded batch."""
+        if self.plain_greedy:
+            import numpy as np
+
+            ptr = self._lc.llama_get_logits_ith(ctx, idx)
+            if ptr:
+                return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))
         return self.sample_fn(self.chain, ctx, idx)
 
     def close(self) -> None:

@@ -145,3 +145,46 @@ def test_manager_runs_up_to_the_slots_and_lines_up_the_rest(embedded_model):
         assert manager.running() == 0 and manager.state().running == 0
     finally:
         manager.close()
+
+
+def test_a_stop_aborts_the_decode_in_flight_and_rolls_its_cache_back(engine):
+    """Stop while a long prompt is being evaluated: llama.cpp's abort callback ends that decode, the
+    reply ends as cancelled, and the slot's KV cache is back to what it records (the same prompt
+    afterwards gives the same reply as before)."""
+    loop = engine.loop
+    long_prompt = ask("Tell me about the sea. " * 70)  # ~ 400 tokens: one long decode
+    params = SamplingOptions(temperature=0.0, max_tokens=6, seed=1)
+    before = "".join(engine.stream_chat(long_prompt, params, threading.Event()))
+    for _ in range(3):  # the decode may end before the watcher sees it start on a fast machine
+        for slot in loop.pool.slots:  # no prefix cache: the whole prompt is one long decode
+            slot.tokens.clear()
+        loop._lc.llama_memory_clear(loop._mem, True)
+        aborted, cancel = loop.aborted, threading.Event()
+        stream = engine.stream_chat(long_prompt, params, cancel)
+
+        def watch():
+            deadline = time.monotonic() + 30
+            while not loop._in_batch and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            cancel.set()
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        assert "".join(stream) == ""
+        watcher.join()
+        assert stream.stats.finish_reason == "cancelled"
+        if loop.aborted > aborted:
+            break
+    assert loop.aborted > aborted
+    seq = loop.history[-1].seq_id
+    assert loop.pool.slots[seq].busy is False
+    assert "".join(engine.stream_chat(long_prompt, params, threading.Event())) == before
+
+
+def test_plain_greedy_argmax_equals_the_sampler_chain(engine, monkeypatch):
+    plain = SamplingOptions(temperature=0.0, repeat_penalty=1.0, max_tokens=16, seed=1)
+    fast = run_all(engine, PROMPTS[:3], plain)[0]
+    from backends.llama_sampling import SamplerChain
+
+    monkeypatch.setattr(SamplerChain, "sample", lambda self, ctx, idx: self.sample_fn(self.chain, ctx, idx))
+    assert run_all(engine, PROMPTS[:3], plain)[0] == fast
