@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 from core.hardware import Hardware
 from core.hf_model_shape import TensorInfo, dims_from_config, tensors_from_dims
@@ -52,10 +52,14 @@ def gptq_tensors(dims, bits: int = 4, group_size: int = 128) -> tuple[TensorInfo
 
 
 def plan_preset(key: str, preset: Preset, hw: Hardware, library: list[tuple[str, str]],
-                read_facts: ReadFacts, cal: Calibration = Calibration(), goal: Goal = "fastest") -> RankedPreset:
+                read_facts: ReadFacts, cal: Calibration = Calibration(), goal: Goal = "fastest",
+                endpoints: Optional[Collection[str]] = None) -> RankedPreset:
     """Plan one preset through the one door (``core.load_plan.plan_load``): its fixed load options
     kept, the automatic ones optimised. From the model's own files when they are on disk (under the
-    preset's own repository folder only), else from the preset's description."""
+    preset's own repository folder only), else from the preset's description. A remote preset has no
+    local plan: it says where it runs, or that its endpoint (``endpoints``: the stored names) is unknown."""
+    if preset.backend == "remote":
+        return RankedPreset(key, preset, None, None, False, remote_problem(preset, endpoints))
     local = match_local(preset.model, library, preset.backend)
     facts: Optional[ModelFacts] = None
     problem = ""
@@ -79,3 +83,11 @@ def plan_preset(key: str, preset: Preset, hw: Hardware, library: list[tuple[str,
     if extra:
         plan = replace(plan, reasons=plan.reasons + tuple(extra))
     return RankedPreset(key, preset, plan, local, facts.exact, problem)
+
+
+def remote_problem(preset: Preset, endpoints: Optional[Collection[str]]) -> str:
+    """The table's note for a remote preset: where it runs, or why it cannot."""
+    if endpoints is not None and preset.endpoint not in endpoints:
+        return (f"names the remote endpoint {preset.endpoint!r}, which is not stored here; an admin adds it "
+                "under Remote engines in the Models tab")
+    return f"runs on {preset.endpoint}"

@@ -91,9 +91,12 @@ class Requirements(_Strict):
 class Preset(_Strict):
     name: str = Field(min_length=1, max_length=100)
     description: str = Field("", max_length=1000)
-    backend: Literal["llama_cpp", "transformers"]
-    quantization: str = Field(min_length=1, max_length=30)
-    model: ModelSource
+    backend: Literal["llama_cpp", "transformers", "remote"]
+    quantization: str = Field("", max_length=30)
+    # remote: ``model`` is the id the endpoint serves and ``endpoint`` a stored endpoint's name
+    model: Union[ModelSource, str]
+    endpoint: Optional[str] = Field(None, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$",
+                                    description="remote backend: the name of an endpoint added by an admin")
     shape: Optional[ShapeHint] = None
     requirements: Requirements = Requirements()
     load: dict[str, Any] = Field(default_factory=dict)
@@ -108,6 +111,23 @@ class Preset(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _remote_or_local(self) -> "Preset":
+        if self.backend == "remote":
+            if not self.endpoint or not isinstance(self.model, str) or not self.model.strip() or len(self.model) > 200:
+                raise ValueError("a remote preset needs endpoint: <a stored endpoint's name> and model: <the id it "
+                                 "serves> (1-200 characters)")
+            if self.shape is not None or self.requirements != Requirements() or "endpoint" in self.load:
+                raise ValueError("a remote preset takes no shape, requirements or load.endpoint (the remote "
+                                 "machine runs it)")
+        else:
+            if self.endpoint is not None or not isinstance(self.model, ModelSource):
+                raise ValueError(f"endpoint and a model id are for backend: remote; {self.backend} needs model: "
+                                 "{embedded, path or repo}")
+            if not self.quantization:
+                raise ValueError("quantization is required (e.g. Q4_K_M, nf4)")
+        return self
+
+    @model_validator(mode="after")
     def _load_options_valid(self) -> "Preset":
         options_model = LOAD_OPTION_MODELS.get(self.backend)
         if options_model is not None:
@@ -119,6 +139,8 @@ class Preset(_Strict):
         if options_model is None:
             raise ValueError(f"the {self.backend} backend is not available in this version")
         try:
+            if self.backend == "remote":
+                return options_model(endpoint=self.endpoint, **self.load)
             return options_model(**self.load)
         except ValidationError as exc:
             raise ValueError(describe_validation_error(exc, "load options").replace("Invalid load options: ", "load.")) from None

@@ -12,9 +12,10 @@ from backends.base import BackendError, LoadSpec
 from core.hardware import GIB, Hardware
 from core.load_plan import applied_options
 from core.plan import Plan
-from core.preset_plans import plan_preset
+from core.preset_plans import plan_preset, remote_problem
 from core.options import SamplingOptions
 from core.presets import EMBEDDED_KEY, Preset, RankedPreset, rank
+from core.remote import RemoteConfigError
 from services.hardware import list_profiles
 from services.paths import project_root
 from services.presets_loader import load_presets
@@ -87,7 +88,16 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB" if n else "–"
 
 
+def _remote_names(ctx: AppContext) -> list[str]:
+    try:
+        return ctx.remotes.names() if ctx.remotes is not None else []
+    except RemoteConfigError:
+        return []
+
+
 def _badge(plan: Optional[Plan], problem: str) -> str:
+    if plan is None and problem.startswith("runs on "):
+        return '<span class="fc-badge" style="background:#6d28d9">Remote</span>'
     if plan is None:
         return '<span class="fc-badge" style="background:#6b7280">Cannot plan</span>'
     colour = BADGE_COLOURS[plan.fit]
@@ -104,9 +114,11 @@ def render_table(entries: list[RankedPreset], quality: Optional[dict[str, str]] 
         # as something this machine can do. The badge and the reasons say why.
         p = e.plan if e.plan is not None and e.plan.fit != "no_fit" else None
         disk = "on disk" if e.local_path else "not downloaded"
+        if e.preset.backend == "remote":
+            disk = f"{e.preset.model} on {e.preset.endpoint}"
         cells = [
             f"<b>{html.escape(e.preset.name)}</b><br><small>{html.escape(e.preset.backend)} · "
-            f"{html.escape(e.preset.quantization)} · {disk}</small>",
+            + (f"{html.escape(e.preset.quantization)} · " if e.preset.quantization else "") + f"{html.escape(disk)}</small>",
             _badge(e.plan, e.problem),
             f"{p.n_gpu_layers}/{p.n_layer + 1}" if p else "–",
             f"{p.n_ctx:,} · {html.escape(p.kv_type)}" + (" · KV in RAM" if p.kv_placement == "ram" else "") if p else "–",
@@ -133,7 +145,8 @@ def ranked(ctx: AppContext, machine_label: Any, goal_label: Any) -> tuple[list[R
     library = _library(ctx)
     planning = _planning(ctx)
     cal = planning.calibration(hw)
-    entries = [plan_preset(key, preset, hw, library, planning.facts, cal, GOALS[goal_label])
+    endpoints = _remote_names(ctx)
+    entries = [plan_preset(key, preset, hw, library, planning.facts, cal, GOALS[goal_label], endpoints)
                for key, preset in presets.items()]
     return rank(entries), hw, profile_errors + preset_errors
 
@@ -176,6 +189,8 @@ def load_preset(ctx: AppContext, key: Any, goal_label: Any = "Fastest") -> tuple
     if goal_label not in GOALS:
         raise gr.Error("Pick a goal from the list.")
     preset = presets[key]
+    if preset.backend == "remote":
+        return _load_remote(ctx, preset)
     planning = _planning(ctx)
     hw = planning.machine()
     entry = plan_preset(key, preset, hw, _library(ctx), planning.facts, planning.calibration(hw), GOALS[goal_label])
@@ -192,6 +207,20 @@ def load_preset(ctx: AppContext, key: Any, goal_label: Any = "Fastest") -> tuple
     options = applied_options(entry.plan, preset.load_options())
     try:
         ctx.manager.load(LoadSpec(entry.local_path, options, backend=preset.backend, display_name=preset.name))
+    except BackendError as exc:
+        gr.Warning(str(exc))
+        return (format_status(ctx.manager.state()), *[gr.skip()] * len(SAMPLING_FIELDS))
+    if preset.sampling.model_fields_set:
+        gr.Info(f"The chat's Sampling settings now follow {preset.name}.")
+    return (format_status(ctx.manager.state()), *preset_sampling(preset))
+
+
+def _load_remote(ctx: AppContext, preset: Preset) -> tuple[Any, ...]:
+    """A remote preset: no local plan; its model is loaded from its stored endpoint."""
+    if preset.endpoint not in _remote_names(ctx):
+        raise gr.Error(f"{preset.name}: {remote_problem(preset, ())}.")
+    try:
+        ctx.manager.load(LoadSpec(preset.model, preset.load_options(), backend="remote", display_name=preset.name))
     except BackendError as exc:
         gr.Warning(str(exc))
         return (format_status(ctx.manager.state()), *[gr.skip()] * len(SAMPLING_FIELDS))
