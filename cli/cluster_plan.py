@@ -15,8 +15,8 @@ import json
 from dataclasses import asdict
 
 from cli.args import OneLineParser, UsageError
-from core.cluster_plan import (GGUF_BITS, GIB, WEIGHT_BYTES, LlamaServerPlan, VllmPlan, model_from_config,
-                               plan_llama_server, plan_vllm)
+from core.cluster_plan import GGUF_BITS, WEIGHT_BYTES
+from core.cluster_report import plan_deployment, render
 from core.hf_model_shape import ConfigError
 
 
@@ -35,26 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def render(plan: VllmPlan, server: LlamaServerPlan, model_name: str, cluster) -> str:
-    gib = lambda n: f"{n / GIB:.1f} GiB"  # noqa: E731
-    lines = [f"{model_name} on {cluster.name} ({cluster.nodes} x {cluster.gpus_per_node} x {cluster.vram_gib:g} GiB)",
-             "", "vLLM layouts (TP x PP):"]
-    for c in plan.candidates:
-        if c.gpus > 2 * (plan.chosen.gpus if plan.chosen else cluster.total_gpus) and not c.fits:
-            continue
-        mark = "*" if c == plan.chosen else " "
-        state = (f"weights {gib(c.weights_per_gpu)}/GPU, KV {gib(c.kv_per_gpu)}/GPU = {c.kv_tokens:,} tokens, "
-                 f"{c.concurrency:.1f} x {c.max_model_len:,}-token sequences, ~{c.decode_tokens_per_s:.0f} tok/s/stream")
-        lines.append(f" {mark} TP {c.tp:>2} x PP {c.pp}: " + (state if c.fits else "no: " + "; ".join(c.reasons)))
-    lines += ["", plan.command or "(no vLLM layout fits)", *plan.notes, ""]
-    lines.append(f"llama-server on one node ({server.gpus} GPUs, {server.quant}, {server.ctx_per_slot:,} tokens/slot): "
-                 + (f"weights {gib(server.weights_bytes)}, {server.parallel} parallel slots, "
-                    f"~{server.decode_tokens_per_s:.0f} tok/s/stream" if server.fits else "; ".join(server.reasons)))
-    if server.command:
-        lines.append(server.command)
-    return "\n".join(lines)
-
-
 def run(argv: list[str]) -> int:
     from services.cluster_models import ClusterInputError, load_cluster, read_config
 
@@ -68,14 +48,13 @@ def run(argv: list[str]) -> int:
     try:
         cluster = load_cluster(args.cluster)
         config, name = read_config(args.model)
-        model = model_from_config(config, name, args.weights)
+        dep = plan_deployment(config, name, cluster, args.ctx, args.weights, args.kv, args.gpu_memory_utilization,
+                              args.goal, args.gguf_quant, args.slot_ctx)
     except (ClusterInputError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
-    plan = plan_vllm(model, cluster, args.ctx, args.gpu_memory_utilization, args.kv, args.goal, repo=name)
-    server = plan_llama_server(model, cluster, args.gguf_quant, args.slot_ctx)
     if args.json:
-        print(json.dumps({"model": name, "cluster": cluster.model_dump(), "vllm": asdict(plan),
-                          "llama_server": asdict(server)}, indent=1, default=str))
+        print(json.dumps({"model": name, "cluster": cluster.model_dump(), "vllm": asdict(dep.vllm),
+                          "llama_server": asdict(dep.llama_server)}, indent=1, default=str))
     else:
-        print(render(plan, server, name, cluster))
-    return 0 if plan.chosen is not None or server.fits else 1
+        print(render(dep))
+    return 0 if dep.fits else 1

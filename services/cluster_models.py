@@ -64,8 +64,14 @@ def read_config(model: str, hub=None) -> tuple[dict, str]:
         if not isinstance(data, dict):
             raise ConfigError("config.json is not a JSON object")
         return data, str(path.parent.name if path.name == "config.json" else path.stem)
+    return read_hub_config(model, hub)
+
+
+def read_hub_config(repo: str, hub=None) -> tuple[dict, str]:
+    """config.json of a Hub repo (only that file is read); the name never becomes a local path."""
     from services.hub import HubClient, HubError
 
+    model = repo
     client = hub or HubClient()
     try:
         listing = client.listing(model)

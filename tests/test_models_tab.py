@@ -211,3 +211,30 @@ def test_show_path_is_admin_only_in_the_handler(tmp_path):
         assert lib.reveal(context, name, admin).startswith("/")
     finally:
         manager.close()
+
+
+def test_cluster_machine_kind_plans_a_hub_model_as_the_cli_does(svc, fake_hub):
+    from core.cluster_report import plan_deployment, render
+    from services.cluster_models import load_cluster, read_hub_config
+    from ui import cluster_panel
+
+    text = cluster_panel.plan(svc.hub, "h100-1x8", SAFETENSORS, "bf16")
+    assert text.startswith(f"{SAFETENSORS} on 1 node x 8 H100") and " * TP  1 x PP 1" in text
+    assert f"vllm serve {SAFETENSORS}" in text and "llama-server" in text and "tok/s/stream" in text
+    assert [r.path for r in fake_hub.log if "/resolve/" in r.path and r.path.endswith(".safetensors")] == []
+    # the same text as `app.py plan --cluster` for the same config.json
+    config, _ = read_hub_config(SAFETENSORS, svc.hub)
+    assert text == render(plan_deployment(config, SAFETENSORS, load_cluster("h100-1x8")))
+
+
+@pytest.mark.parametrize("cluster, repo, weights, why", [
+    ("nope", SAFETENSORS, "bf16", "Pick a cluster profile"), (["h100-1x8"], SAFETENSORS, "bf16", "Pick a cluster"),
+    ("h100-1x8", "../../etc", "bf16", "owner/name"), ("h100-1x8", "profiles/clusters", "fp7", "weight type"),
+    ("h100-1x8", None, "bf16", "owner/name"), ("h100-1x8", TINY, "bf16", "has no config.json"),
+    ("h100-1x8", "test-org/Missing", "bf16", "Cannot plan test-org/Missing"),
+])
+def test_cluster_machine_kind_refuses_bad_input_with_a_message(svc, cluster, repo, weights, why):
+    from ui import cluster_panel
+
+    with pytest.raises(gr.Error, match=why):
+        cluster_panel.plan(svc.hub, cluster, repo, weights)

@@ -10,7 +10,7 @@ import gradio as gr
 from services.download_job import stop_job
 from ui import library_handlers as lib
 from ui import models_handlers as h
-from ui import quality_panel, remote_panel
+from ui import cluster_panel, quality_panel, remote_panel
 from ui.access import require_admin
 from ui.context import AppContext
 
@@ -42,6 +42,7 @@ def build(ctx: AppContext, services: Optional[h.ModelsServices] = None) -> Calla
         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="models-cancel", scale=1)
     progress = gr.HTML(elem_id="models-progress")
     note = gr.Markdown(elem_id="models-note")
+    cluster_panel.build(svc.hub, repo)
 
     # No absolute path here: the layout is in /config for every user (admins see paths with Show path).
     gr.Markdown("### Library\nModels in the `models` folder of FitChat's data folder (and the embedded one), "

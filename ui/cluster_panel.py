@@ -1,0 +1,50 @@
+"""Models tab, the "cluster" machine kind: for the Hub repository picked above, the vLLM deployment a
+cluster profile (profiles/clusters/) allows, with its ``vllm serve`` command, and llama-server on one
+node. Only the repo's config.json is read; the plan is the one ``app.py plan --cluster`` prints
+(``core.cluster_report``)."""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from core.cluster_plan import WEIGHT_BYTES
+from core.cluster_report import plan_deployment, render
+from core.hf_model_shape import ConfigError
+from core.presets import REPO_ID
+from services.cluster_models import ClusterInputError, cluster_names, load_cluster, read_hub_config
+
+WEIGHTS = tuple(WEIGHT_BYTES)
+
+
+def plan(hub: Any, cluster: Any, repo: Any, weights: Any = "bf16") -> str:
+    """The deployment text for ``repo`` (a Hub id only: never a local path) on the profile ``cluster``."""
+    if not isinstance(cluster, str) or cluster not in cluster_names():
+        raise gr.Error("Pick a cluster profile from the list.")
+    if weights not in WEIGHT_BYTES:
+        raise gr.Error(f"Pick the checkpoint's weight type ({', '.join(WEIGHTS)}).")
+    if not isinstance(repo, str) or not REPO_ID.match(repo.strip()) or ".." in repo:
+        raise gr.Error("Enter or open a Hub repository (owner/name) of a transformers model above.")
+    try:
+        config, name = read_hub_config(repo.strip(), hub)
+        return render(plan_deployment(config, name, load_cluster(cluster), weights=weights))
+    except (ClusterInputError, ConfigError) as exc:
+        raise gr.Error(f"Cannot plan {repo.strip()} on {cluster}: {exc}") from None
+
+
+def build(hub: Any, repo: gr.Dropdown) -> None:
+    gr.Markdown("### Plan for a cluster\nMachine kind **cluster**: how the repository above would run under "
+                "vLLM (tensor x pipeline parallel) on a cluster profile from `profiles/clusters/`, and with "
+                "llama-server on one of its nodes. Only its config.json is read.")
+    with gr.Row(equal_height=True):
+        cluster = gr.Dropdown(cluster_names(), value=None, label="Cluster profile", elem_id="cluster-profile", scale=3)
+        weights = gr.Radio(list(WEIGHTS), value="bf16", label="Checkpoint weights", elem_id="cluster-weights",
+                           scale=4)
+        plan_btn = gr.Button("Plan on cluster", elem_id="cluster-plan-btn", scale=1)
+    out = gr.Code(label="Deployment plan", language=None, interactive=False, elem_id="cluster-plan")
+
+    def on_plan(cluster_name, repo_text, weight_type):
+        return plan(hub, cluster_name, repo_text, weight_type)
+
+    gr.on([plan_btn.click, cluster.select], on_plan, [cluster, repo, weights], out, api_name="plan_cluster",
+          concurrency_limit=4, concurrency_id="hub")
