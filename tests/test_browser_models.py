@@ -100,3 +100,20 @@ def test_handlers_refuse_what_a_client_sends_past_the_dropdowns(app_with_hub, ap
     with pytest.raises(AppError, match=message):
         client.predict(*args, api_name=api)
     assert client.predict(api_name="/model_status")["status"] in ("empty", "ready")  # still up
+
+
+def test_cluster_machine_kind_shows_the_vllm_plan(page):
+    from tests.hub_repos import SAFETENSORS
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait_for(lambda: "Plan for a cluster" in text(page, "#tab-models"), 10, "the cluster section")
+    box = page.locator("#models-repo input")
+    box.fill(SAFETENSORS)
+    box.press("Enter")
+    page.locator("#cluster-profile input").click()
+    page.get_by_role("option", name="h100-2x8").click()
+    wait_for(lambda: "vllm serve" in text(page, "#cluster-plan"), 20, "the vLLM plan")
+    shown = text(page, "#cluster-plan")
+    assert f"{SAFETENSORS} on 2 nodes" in shown and "TP" in shown and "tok/s/stream" in shown
+    page.locator("#cluster-plan").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "models_cluster_plan.png"), full_page=False)
