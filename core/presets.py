@@ -34,6 +34,7 @@ class ModelSource(_Strict):
     path: Optional[str] = Field(None, max_length=1024, description="a file in the models folder, or absolute")
     repo: Optional[str] = Field(None, max_length=200, description="Hugging Face repo id, owner/name")
     file: Optional[str] = Field(None, max_length=200, description="file glob in the repo, e.g. *Q4_K_M.gguf")
+    id: Optional[str] = Field(None, min_length=1, max_length=200, description="remote: the model id the endpoint serves")
 
     @field_validator("repo")
     @classmethod
@@ -51,8 +52,8 @@ class ModelSource(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSource":
-        if sum((bool(self.embedded), bool(self.path), bool(self.repo))) != 1:
-            raise ValueError("give exactly one of: embedded: true, a local path, or a Hub repo")
+        if sum((bool(self.embedded), bool(self.path), bool(self.repo), bool(self.id))) != 1:
+            raise ValueError("give exactly one of: embedded: true, a local path, a Hub repo, or a remote model id")
         return self
 
 
@@ -93,8 +94,8 @@ class Preset(_Strict):
     description: str = Field("", max_length=1000)
     backend: Literal["llama_cpp", "transformers", "remote"]
     quantization: str = Field("", max_length=30)
-    # remote: ``model`` is the id the endpoint serves and ``endpoint`` a stored endpoint's name
-    model: Union[ModelSource, str]
+    # remote: ``model: <id>`` (read as ``{id: ...}``) is what ``endpoint``, a stored endpoint's name, serves
+    model: ModelSource
     endpoint: Optional[str] = Field(None, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$",
                                     description="remote backend: the name of an endpoint added by an admin")
     shape: Optional[ShapeHint] = None
@@ -110,17 +111,24 @@ class Preset(_Strict):
             return {k: (None if v == "auto" and k not in _AUTO_VALUED else v) for k, v in value.items()}
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _remote_model_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backend") == "remote" and isinstance(data.get("model"), str):
+            return {**data, "model": {"id": data["model"].strip()}}
+        return data
+
     @model_validator(mode="after")
     def _remote_or_local(self) -> "Preset":
         if self.backend == "remote":
-            if not self.endpoint or not isinstance(self.model, str) or not self.model.strip() or len(self.model) > 200:
+            if not self.endpoint or not self.model.id:
                 raise ValueError("a remote preset needs endpoint: <a stored endpoint's name> and model: <the id it "
                                  "serves> (1-200 characters)")
             if self.shape is not None or self.requirements != Requirements() or "endpoint" in self.load:
                 raise ValueError("a remote preset takes no shape, requirements or load.endpoint (the remote "
                                  "machine runs it)")
         else:
-            if self.endpoint is not None or not isinstance(self.model, ModelSource):
+            if self.endpoint is not None or self.model.id is not None:
                 raise ValueError(f"endpoint and a model id are for backend: remote; {self.backend} needs model: "
                                  "{embedded, path or repo}")
             if not self.quantization:

@@ -26,12 +26,12 @@ REMOTE = {"name": "Box chat", "backend": "remote", "endpoint": "box", "model": A
 def test_a_remote_preset_parses_with_its_endpoint_in_the_load_options():
     preset = parse_preset(REMOTE, "box.yaml")
     options = preset.load_options()
-    assert (options.endpoint, options.timeout_s, preset.model) == ("box", 30.0, ALIAS)
+    assert (options.endpoint, options.timeout_s, preset.model.id) == ("box", 30.0, ALIAS)
 
 
 @pytest.mark.parametrize("change, why", [
     ({"endpoint": None}, "needs endpoint"), ({"model": {"embedded": True}}, "needs endpoint"),
-    ({"model": ""}, "needs endpoint"), ({"endpoint": "../x"}, "endpoint"),
+    ({"model": ""}, "model"), ({"endpoint": "../x"}, "endpoint"),
     ({"load": {"n_gpu_layers": 3}}, "n_gpu_layers"), ({"load": {"endpoint": "other"}}, "load.endpoint"),
     ({"shape": {"n_layer": 2}}, "shape"), ({"requirements": {"min_vram_gib": 8}}, "requirements"),
     ({"url": "http://x"}, "url"),
@@ -44,7 +44,7 @@ def test_bad_remote_presets_name_the_problem(change, why):
 def test_local_backends_refuse_an_endpoint_or_a_bare_model_id():
     local = {"name": "x", "backend": "llama_cpp", "quantization": "Q4_0", "model": {"embedded": True}}
     parse_preset(local, "x.yaml")
-    for change in ({"endpoint": "box"}, {"model": "some-id"}, {"quantization": ""}):
+    for change in ({"endpoint": "box"}, {"model": "some-id"}, {"model": {"id": "some-id"}}, {"quantization": ""}):
         with pytest.raises(PresetError):
             parse_preset({**local, **change}, "x.yaml")
 

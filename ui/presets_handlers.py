@@ -115,7 +115,7 @@ def render_table(entries: list[RankedPreset], quality: Optional[dict[str, str]] 
         p = e.plan if e.plan is not None and e.plan.fit != "no_fit" else None
         disk = "on disk" if e.local_path else "not downloaded"
         if e.preset.backend == "remote":
-            disk = f"{e.preset.model} on {e.preset.endpoint}"
+            disk = f"{e.preset.model.id} on {e.preset.endpoint}"
         cells = [
             f"<b>{html.escape(e.preset.name)}</b><br><small>{html.escape(e.preset.backend)} · "
             + (f"{html.escape(e.preset.quantization)} · " if e.preset.quantization else "") + f"{html.escape(disk)}</small>",
@@ -220,7 +220,7 @@ def _load_remote(ctx: AppContext, preset: Preset) -> tuple[Any, ...]:
     if preset.endpoint not in _remote_names(ctx):
         raise gr.Error(f"{preset.name}: {remote_problem(preset, ())}.")
     try:
-        ctx.manager.load(LoadSpec(preset.model, preset.load_options(), backend="remote", display_name=preset.name))
+        ctx.manager.load(LoadSpec(preset.model.id, preset.load_options(), backend="remote", display_name=preset.name))
     except BackendError as exc:
         gr.Warning(str(exc))
         return (format_status(ctx.manager.state()), *[gr.skip()] * len(SAMPLING_FIELDS))
