@@ -252,3 +252,45 @@ def test_load_feedback_shows_at_once_next_to_the_button(browser, app):
     wait_for(lambda: "Ready" in page.inner_text("#model-status"), 90, "the load to finish")
     assert shown_after < 2
     page.context.close()
+
+
+def test_editing_an_earlier_message_asks_before_dropping_later_turns(browser, app):
+    page = open_page(browser, app)
+    new_chat(page)
+    set_max_tokens(page, 4)
+    users = page.locator('#chatbot [data-testid="user"]')
+    bots = page.locator('#chatbot [data-testid="bot"]')
+    for n, text in enumerate(("First question.", "Second question."), 1):
+        send(page, text)
+        wait_for(lambda: users.count() == n and bots.count() == n, 30, "the message taken")
+        reply_done(page)
+    assert users.count() == 2
+    # edit the first message: the second exchange would go, so the tab asks first
+    users.first.hover()
+    page.get_by_role("button", name="Edit").first.click()
+    page.fill("#chatbot textarea.edit-textarea", "First question, edited.")
+    page.get_by_role("button", name="Submit").first.click()
+    wait_for(lambda: page.locator("#confirm-edit").is_visible(), 10, "the question before dropping later turns")
+    assert "drops the 2 later messages" in page.inner_text("#confirm-edit-note")
+    wait_for(lambda: users.count() == 2 and bots.count() == 2, 5, "the whole chat shown while it asks",
+             seen=lambda: page.inner_text("#chatbot")[-300:])
+    time.sleep(2)  # the chain's other steps settle
+    assert "First question." in page.inner_text("#chatbot")
+    shot(page, "edit-asks")
+    # "Keep them": nothing dropped, the old text back on screen
+    page.click("#confirm-edit-no")
+    wait_for(lambda: not page.locator("#confirm-edit").is_visible(), 5, "the question to close")
+    wait_for(lambda: users.count() == 2 and "First question." == users.first.inner_text().strip(), 5,
+             "the chat as it was", seen=lambda: [users.nth(i).inner_text() for i in range(users.count())])
+    # again, and this time "Drop them and resend"
+    users.first.hover()
+    page.get_by_role("button", name="Edit").first.click()
+    page.fill("#chatbot textarea.edit-textarea", "First question, edited.")
+    page.get_by_role("button", name="Submit").first.click()
+    wait_for(lambda: page.locator("#confirm-edit").is_visible(), 10, "the question")
+    page.click("#confirm-edit-yes")
+    wait_for(lambda: users.count() == 1, 30, "the later turns dropped")
+    reply_done(page)
+    assert "edited" in users.first.inner_text()
+    shot(page, "edit-resent")
+    page.context.close()

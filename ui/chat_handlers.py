@@ -175,10 +175,14 @@ def confirm_edit(pending: Any) -> Optional[PendingEdit]:
     return None
 
 
+def edit_confirmed(pending: Any) -> bool:
+    return isinstance(pending, tuple) and len(pending) == 4 and pending[3] is True
+
+
 def run_edit(ctx: AppContext, session: str, pending: Any, history: Any, system_prompt: Any,
              sampling_values: Sequence[Any]) -> Iterator[Update]:
     """Resend a confirmed edit; nothing for an edit still waiting for its yes (or a "keep")."""
-    if not (isinstance(pending, tuple) and len(pending) == 4 and pending[3] is True):
+    if not edit_confirmed(pending):
         return
     index, text, length, _ = pending
     if len(_history(history)) != length:

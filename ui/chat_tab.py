@@ -109,6 +109,10 @@ def build(ctx: AppContext):
         return pending, gr.Row(visible=True), note, h.to_display(h._history(hist))
 
     def on_edit_run(request: gr.Request, pending, hist, cur, system, *sampling):
+        if not h.edit_confirmed(pending):
+            # One update that changes nothing: a step that yields nothing would empty the chat.
+            yield gr.skip(), gr.skip(), gr.skip()
+            return
         yield from saving(request, cur, system, h.run_edit(ctx, request.session_hash, pending, hist, system, sampling))
 
     def on_flip(step):
