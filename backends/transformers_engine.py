@@ -25,6 +25,7 @@ from backends.reply_loop import Decoding, check_prompt_fits, reply_stats, stream
 from core.chat_template import TemplateRenderError, TemplateSource, choose_template, render_prompt
 # Templates render in a child process under RLIMIT_AS and a wall-clock kill (issue 13).
 from services.template_process import check_template, render_chat_template
+from backends.prompt_pieces import tokenize_chat
 from core.detokenize import IncrementalDetokenizer
 from core.generation import GenerationProgress, GenerationStats
 from core.hf_memory import MIB
@@ -215,18 +216,23 @@ class TransformersEngine:
 
     def tokenize_prompt(self, messages: list[dict] | str) -> list[int]:
         """Messages go through the chat template; a string is a raw completion prompt."""
-        if isinstance(messages, str):
-            prompt = messages
-        else:
-            try:
-                prompt = render_prompt(render_chat_template, self._template.text, messages,
-                                       bos_token=self._bos_text, eos_token=self.tokenizer.eos_token or "")
-            except TemplateRenderError as exc:
-                raise TemplateError(str(exc)) from None
-        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
-        if self._bos_id is not None and not (self._bos_text and prompt.startswith(self._bos_text)):
-            ids = [self._bos_id] + ids
-        return ids
+        if not isinstance(messages, str):
+            # Only the template's own text may produce special tokens, never a user's (issue 13).
+            return tokenize_chat(self._render, messages, self._tokenize, self._bos_id is not None, self._bos_text)
+        add_bos = self._bos_id is not None and not (self._bos_text and messages.startswith(self._bos_text))
+        return self._tokenize(messages, add_bos, True)
+
+    def _tokenize(self, text: str, add_bos: bool, parse_special: bool) -> list[int]:
+        # split_special_tokens: "<|im_start|>" in the text becomes ordinary pieces, not the control token.
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=not parse_special).input_ids
+        return ([self._bos_id] if add_bos else []) + list(ids)
+
+    def _render(self, messages: list[dict]) -> str:
+        try:
+            return render_prompt(render_chat_template, self._template.text, messages,
+                                 bos_token=self._bos_text, eos_token=self.tokenizer.eos_token or "")
+        except TemplateRenderError as exc:
+            raise TemplateError(str(exc)) from None
 
     def _decode_text(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
