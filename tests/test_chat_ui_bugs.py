@@ -127,7 +127,7 @@ def test_bug5_library_handlers_are_queued_so_their_messages_reach_the_page(app):
 
 def test_bug6_messages_use_the_labels_users_see_and_too_many_threads_are_refused(ctx):
     from core.options import LoadOptions
-    from ui.option_widgets import options_from_values
+    from ui.option_widgets import options_from_values, widget_values
 
     with pytest.raises(gr.Error) as err:
         options_from_values(LoadOptions, ("n_ctx",), [10], "load options")
@@ -135,7 +135,9 @@ def test_bug6_messages_use_the_labels_users_see_and_too_many_threads_are_refused
     name = ctx.catalog().names[0]
     too_many = (os.cpu_count() or 1) + 62
     with pytest.raises(gr.Error, match="CPU core"):
-        h.load_model(ctx, name, [1024, "auto", "f16", True, str(too_many), 512, "auto", "auto", "auto", "auto", None])
+        values = widget_values(LoadOptions, LoadOptions(n_ctx=1024, kv_type="f16"), h.LOAD_FIELDS)
+        values[h.LOAD_FIELDS.index("n_threads")] = str(too_many)
+        h.load_model(ctx, name, values)
     assert ctx.manager.state().status == "empty"  # refused before any load
 
 
