@@ -53,7 +53,8 @@ def test_a_whole_reply_stops_when_its_client_hangs_up(app):
 @pytest.mark.parametrize("body, reason", [
     ({"messages": [{"role": "user", "content": "a\u0000b"}]}, "NUL"),
     ({"messages": [{"role": "user", "content": "a" * (MAX_MESSAGE_CHARS + 1)}]}, "the limit is"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]}, "last message"),
+    # A trailing assistant message with text is continued (issue 15's Continue); an empty one is a 400.
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}, "must have text"),
     ({"messages": [{"role": "user", "content": "hello world " * 5000}]}, "context holds"),
     (b'{"messages":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
 ], ids=["nul", "too-long", "assistant-last", "over-context", "deep-json"])
