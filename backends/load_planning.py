@@ -15,7 +15,6 @@ from typing import Callable, Optional, Union
 from backends.base import LoadSpec, ModelInfo, ModelLoadError
 from core.hardware import Hardware
 from core.load_plan import applied_options
-from core.parallel_plan import with_slots
 from core.plan import Plan, cpu_fallback_warning
 from services.calibration import record_gpu_overhead
 from services.planning import Planning, cached_probe  # noqa: F401  (cached_probe: for the benches)
@@ -75,12 +74,7 @@ class LoadPlanner:
                                  "fewer GPU layers, or a smaller quantisation.")
         if spec.options.n_gpu_layers is None:  # 0 layers asked for is a choice, not something to warn about
             plan = replace(plan, warning=cpu_fallback_warning(plan, hw))
-        cal = self.planning.calibration(hw)
-        try:  # the slots: a KV cache of the full context each (core/parallel_plan.py)
-            plan = with_slots(plan, hw, spec.options.parallel, cal.ram_margin_bytes, cal.vram_margin_bytes)
-        except ValueError as exc:
-            raise ModelLoadError(f"Cannot load {Path(spec.model_path).name}: {exc}.") from None
-        options = applied_options(plan, spec.options).model_copy(update={"parallel": plan.extra["n_parallel"]})
+        options = applied_options(plan, spec.options)  # the slots too: planned by the one door
         return replace(spec, options=options, hide_gpus=bool(plan.extra.get("hide_gpus"))), plan
 
     def chat_template(self, spec: LoadSpec) -> object:

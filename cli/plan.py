@@ -22,8 +22,10 @@ from core.gguf_header import GGUFError
 from core.hardware import GIB, GpuInfo, Hardware
 from core.model_shape import ModelShape
 from core.multi_gpu import device_rows
+from core.placement import slots_text
 from core.plan import Plan
 from core.load_plan import ModelFacts, plan_load
+from core.parallel_plan import with_slots
 from core.options import KV_TYPES, LoadOptions, describe_validation_error
 from core.planner import Calibration, evaluate
 from core.presets import PresetError
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--ctx", type=int)
     cfg.add_argument("--kv", choices=KV_TYPES)
     cfg.add_argument("--n-cpu-moe", type=int, help="MoE: keep the experts of the first N layers in RAM")
+    cfg.add_argument("--parallel", type=int, help="replies at once (slots, a KV cache each; default: planned)")
     gpus = p.add_argument_group("several GPUs (default: the planner chooses)")
     gpus.add_argument("--split-mode", choices=("auto", "layer", "row", "none"), default="auto")
     gpus.add_argument("--tensor-split", type=number_list, metavar="A,B,...", help="share per GPU, e.g. 3,1")
@@ -94,7 +97,8 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
     try:
         return LoadOptions(n_gpu_layers=args.n_gpu_layers, n_ctx=args.ctx, kv_type=args.kv or "auto",
                            flash_attn=not args.no_flash_attn, split_mode=args.split_mode,
-                           tensor_split=args.tensor_split, main_gpu=args.main_gpu, n_cpu_moe=args.n_cpu_moe)
+                           tensor_split=args.tensor_split, main_gpu=args.main_gpu, n_cpu_moe=args.n_cpu_moe,
+                           parallel=args.parallel)
     except ValidationError as exc:
         raise UsageError(describe_validation_error(exc)) from None
 
@@ -122,6 +126,11 @@ def make_plan(args: argparse.Namespace, shape: ModelShape, hw: Hardware, cal: Ca
         return replace(plan, reasons=plan.reasons + ("llama.cpp dry run unavailable: compute buffers estimated",))
     exact = evaluate(shape, hw, plan.n_gpu_layers, plan.n_ctx, plan.kv_type, flash, cal=cal,
                      compute_override=measured, goal=plan.goal)
+    try:  # the same slots as the estimate planned, their KV caches counted again
+        exact = with_slots(exact, hw, plan.extra.get("n_parallel", 1), cal.ram_margin_bytes, cal.vram_margin_bytes)
+        exact = replace(exact, extra={**exact.extra, "parallel_reason": plan.extra.get("parallel_reason")})
+    except ValueError:
+        return plan
     return replace(exact, reasons=exact.reasons + ("compute buffers from a llama.cpp dry run",))
 
 
@@ -136,6 +145,7 @@ def render(plan: Plan, shape: ModelShape, hw: Hardware) -> str:
         f"Plan      {plan.fit_label}: n_gpu_layers {plan.n_gpu_layers}, context {plan.n_ctx}, KV {plan.kv_type}, "
         f"flash attention {'on' if plan.flash_attn else 'off'}"
         + (f"; experts of layers 0-{plan.n_cpu_moe - 1} in RAM (n_cpu_moe {plan.n_cpu_moe})" if plan.n_cpu_moe else ""),
+        f"Slots     {slots_text(plan.extra.get('n_parallel', 1), plan)}",
         "",
         "            weights      KV cache     compute      overhead     total",
         f"  GPU     {gib(plan.gpu.weights)}  {gib(plan.gpu.kv_cache)}  {gib(plan.gpu.compute)}  "

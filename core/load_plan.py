@@ -4,7 +4,8 @@ calls ``plan_load`` with the model's facts, the machine, its calibration and the
 a *Load* executes ``applied_options(plan, options)``: exactly the plan that was shown.
 
 Rules, the same everywhere: an option given is kept; an option left empty (``None``, or
-``kv_type="auto"``) is optimised for the goal.
+``kv_type="auto"``) is optimised for the goal. The slots (``parallel``) are part of the plan too
+(``core/parallel_plan.py``): their KV caches are in its memory and a Load runs as many as it shows.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from core.hub_fit import plan_transformers, transformers_best_ctx
 from core.model_shape import ModelShape
 from core.multi_gpu_plan import split_choice, split_updates
 from core.options import LoadOptions, TransformersLoadOptions
+from core.parallel_plan import with_slots
 from core.plan import Plan
 from core.planner import KV_TYPES_FA, Calibration, Goal, default_context, evaluate_as_asked, optimise
 
@@ -79,6 +81,22 @@ def _kv_choices(opts: LoadOptions) -> tuple[str, ...]:
 
 
 def _plan_llama_cpp(shape: ModelShape, hw: Hardware, cal: Calibration, opts: LoadOptions, goal: Goal) -> Plan:
+    return _slotted(_plan_placement(shape, hw, cal, opts, goal), hw, cal, opts.parallel)
+
+
+def _slotted(plan: Plan, hw: Hardware, cal: Calibration, asked: Optional[int]) -> Plan:
+    """``plan`` with its slots (a given count kept, an empty one chosen): every slot's KV cache in its
+    memory. Slots asked for that do not fit make it a plan that does not fit, with the numbers."""
+    if plan.fit == "no_fit":
+        return replace(plan, extra={**plan.extra, "n_parallel": asked or 1})
+    try:
+        return with_slots(plan, hw, asked, cal.ram_margin_bytes, cal.vram_margin_bytes)
+    except ValueError as exc:
+        return replace(plan, fit="no_fit", reasons=(*plan.reasons, str(exc)),
+                       extra={**plan.extra, "n_parallel": asked})
+
+
+def _plan_placement(shape: ModelShape, hw: Hardware, cal: Calibration, opts: LoadOptions, goal: Goal) -> Plan:
     kv_types = _kv_choices(opts)
     split = split_choice(opts)
     n_cpu_moe = opts.n_cpu_moe if shape.is_moe else 0
@@ -115,7 +133,7 @@ def applied_options(plan: Plan, options: Optional[AnyOptions] = None) -> AnyOpti
     base = options if isinstance(options, LoadOptions) else LoadOptions()
     return base.model_copy(update={"n_gpu_layers": plan.n_gpu_layers, "n_ctx": plan.n_ctx, "kv_type": plan.kv_type,
                                    "flash_attn": plan.flash_attn, "kv_placement": plan.kv_placement, "n_cpu_moe": plan.n_cpu_moe,
-                                   **split_updates(plan)})
+                                   "parallel": plan.extra.get("n_parallel", base.parallel), **split_updates(plan)})
 
 
 def plan_with_best_context(facts: ModelFacts, hw: Hardware, cal: Calibration = Calibration(),
