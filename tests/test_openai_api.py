@@ -100,10 +100,10 @@ def test_lan_mode_needs_keys(tmp_path):
 
 def test_a_trailing_assistant_message_is_continued(app, client):
     user = {"role": "user", "content": "Count from one to thirty in words, separated by commas."}
-    first = client.chat.completions.create(model="any", messages=[user], max_tokens=8, temperature=0)
+    first = client.chat.completions.create(model="", messages=[user], max_tokens=8, temperature=0)
     cut = first.choices[0].message.content
     assert first.choices[0].finish_reason == "length" and cut.strip()
-    more = client.chat.completions.create(model="any", messages=[user, {"role": "assistant", "content": cut}],
+    more = client.chat.completions.create(model="", messages=[user, {"role": "assistant", "content": cut}],
                                           max_tokens=8, temperature=0)
     assert more.choices[0].message.content
     # The continuation's prompt is the first prompt plus the cut reply: no end-of-turn (<|im_end|>\n,

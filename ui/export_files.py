@@ -26,9 +26,9 @@ def new_export_folder() -> Path:
 
 
 def remove_folder(folder: str) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
-    with _lock:
+    with _lock:  # forget it first: once the folder is gone nobody may still find it pending
         _pending.discard(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_all() -> None:
