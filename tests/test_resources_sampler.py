@@ -200,11 +200,11 @@ def test_generation_figures_come_from_the_manager_without_touching_a_worker():
     assert idle.worker_pid is None and idle.generation.tokens_per_s is None and not idle.generation.active
     live = GenerationProgress(started=100.0, n_ctx=2048, prompt_tokens=20, completion_tokens=11,
                               first_token_at=100.25, last_token_at=101.25)
-    manager._live = live  # what stream_chat sets while a reply streams
+    manager._live = {1: live}  # what stream_chat sets while a reply streams (one entry per reply)
     busy = sampler.sample_once().generation
     assert busy.active and busy.tokens_per_s == pytest.approx(10.0) and busy.ttft_s == pytest.approx(0.25)
     assert (busy.context_used, busy.n_ctx) == (31, 2048)
-    manager._live = None
+    manager._live = {}
     manager._last_stats = GenerationStats(20, 50, 0.2, 42.0, 1.4, 2048, "stop")
     done = sampler.sample_once().generation
     assert not done.active and done.tokens_per_s == 42.0 and done.context_used == 70
