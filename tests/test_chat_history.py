@@ -22,9 +22,11 @@ def test_bad_user_text_rejected(bad):
         add_user_message((), bad)
 
 
-def test_regenerate_drops_last_reply_only():
+def test_regenerate_keeps_the_last_reply_as_an_alternative_only():
     h = with_reply(add_user_message(with_reply(add_user_message((), "a"), "A"), "b"), "B")
-    assert [m.content for m in for_regenerate(h)] == ["a", "A", "b"]
+    again = for_regenerate(h)
+    assert [m.content for m in again] == ["a", "A", "b", ""]  # a new, empty reply is the version shown
+    assert again[-1].alternatives == ("B", "") and again[-1].shown == 1
     with pytest.raises(HistoryError):
         for_regenerate(())
 
