@@ -141,7 +141,7 @@ def test_the_chat_status_line_carries_the_warning_after_the_load(embedded_model,
     manager = ModelManager(planner=LoadPlanner(tmp_path, lambda: machine(11.5, offload=False)))
     ctx = AppContext(settings, manager, lambda: build_catalog(None, settings.models_dir))
     try:
-        status = h.load_model(ctx, "small.gguf", (1024, None, "f16", True, None, 512, None, None, None, None, None))
+        status = h.load_model(ctx, "small.gguf", (1024, None, "f16", True, None, 512, *[None] * (len(h.LOAD_FIELDS) - 6)))
     finally:
         manager.close()
     assert status.startswith("**Ready**") and "\n\n⚠️ Runs on the CPU only: the installed llama.cpp has no GPU offload" in status
