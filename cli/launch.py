@@ -50,11 +50,16 @@ def make_context(settings: AppSettings):
     remote_health = RemoteHealth()
     manager = ModelManager(backend_factory=backend_factory(remotes.get, remote_health), planner=LoadPlanner(planning))
     catalog = functools.partial(build_catalog, settings.cli_model, settings.models_dir)
-    from services.conversation_store import FILE_NAME, ConversationStore
+    from cli.args import UsageError
+    from services.conversation_store import FILE_NAME, ConversationFileBusy, ConversationStore
 
+    try:
+        conversations = ConversationStore(settings.data_dir / FILE_NAME)
+    except ConversationFileBusy as exc:
+        raise UsageError(str(exc)) from None
     return AppContext(settings=settings, manager=manager, catalog=catalog, hardware=hardware,
                       loaded_plan=lambda: manager.state().plan, planning=planning,
-                      conversations=ConversationStore(settings.data_dir / FILE_NAME), remotes=remotes,
+                      conversations=conversations, remotes=remotes,
                       remote_health=remote_health)
 
 

@@ -4,7 +4,8 @@ WAL mode and one short transaction per write, so a turn is either on disk whole 
 kill -9 loses at most the turn being written); ``busy_timeout`` lets several processes share the
 file. Each conversation has a revision: a write based on an older revision (another tab of the
 same user wrote in between) never overwrites, it continues as a new conversation. A file that is
-not a sound database is moved aside and reported (``problem``), never silently replaced.
+not a sound database is moved aside and reported (``problem``), never silently replaced; a file that
+is only busy (another process is opening or writing it) is waited for and never moved aside.
 Rows are keyed by the login name ("local" without logins); users never see each other's rows.
 """
 from __future__ import annotations
@@ -25,7 +26,23 @@ from core.conversations import NEW_TITLE, ConversationSummary, search_text, titl
 LOCAL_USER = "local"
 FILE_NAME = "history.sqlite3"  # the file today's single saved chat lives in; migrated in place
 LIST_LIMIT = 200
+OPEN_WAIT_S = 30.0  # how long a start waits for a file another process holds locked
 log = logging.getLogger("fitchat.conversations")
+# The errors that mean the bytes are not a sound database. Anything else (SQLITE_BUSY, SQLITE_LOCKED,
+# a full disk, no permission) says nothing about the file and must never move it aside.
+_DAMAGE = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+class ConversationFileBusy(RuntimeError):
+    """Another process held the conversation file locked for longer than the start waits."""
+
+
+class _IntegrityError(sqlite3.DatabaseError):
+    """``PRAGMA quick_check`` found damage."""
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    return isinstance(exc, _IntegrityError) or getattr(exc, "sqlite_errorname", "") in _DAMAGE
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -54,31 +71,52 @@ class Conversation:
 
 
 class ConversationStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, open_wait_s: float = OPEN_WAIT_S) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.problem: Optional[str] = None  # set when a damaged file was moved aside at start
         self._lock = threading.Lock()
         try:
-            self._db = self._open()
+            self._db = self._open_waiting(open_wait_s)
         except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
             moved = self._move_aside()
             self.problem = (f"The conversation file {path.name} was damaged ({exc}). It was kept as "
                             f"{moved.name} in the data folder and a new, empty one was started.")
             log.error("fitchat: %s", self.problem)
-            self._db = self._open()
+            self._db = self._open_waiting(open_wait_s)
+
+    def _open_waiting(self, wait_s: float) -> sqlite3.Connection:
+        """Switching to WAL and the first schema write take the file's write lock; when two
+        processes start together one of them can get SQLITE_BUSY at once (no busy handler there)."""
+        deadline = time.monotonic() + wait_s
+        delay = 0.02
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as exc:
+                if _is_damage(exc) or getattr(exc, "sqlite_errorname", "") not in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise ConversationFileBusy(
+                        f"The conversation file {self.path} stayed locked by another process for "
+                        f"{wait_s:.0f} s; it was left as it is. Close the other FitChat using this data "
+                        f"folder, or start this one with another --data-dir.") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=15)
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=1)
         try:
-            db.execute("PRAGMA busy_timeout=15000")
             db.execute("PRAGMA journal_mode=WAL")  # "file is not a database" surfaces here
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise sqlite3.DatabaseError(f"integrity check: {check}")
+                raise _IntegrityError(f"integrity check: {check}")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL: a process crash cannot lose a committed turn
             db.executescript(_SCHEMA)
             self._migrate(db)
+            db.execute("PRAGMA busy_timeout=15000")  # from here on writers queue behind each other
         except sqlite3.DatabaseError:
             db.close()
             raise

@@ -16,7 +16,7 @@ import pytest
 
 from core.chat_history import HistoryError, add_user_message, export_chat, with_reply
 from core.conversations import check_conversation_id, check_title, file_stem, title_from, to_markdown
-from services.conversation_store import ConversationStore
+from services.conversation_store import ConversationFileBusy, ConversationStore
 from tests.conftest import ROOT
 
 
@@ -91,7 +91,7 @@ WRITER = """
 import sys, time
 sys.path.insert(0, {root!r})
 from core.chat_history import add_user_message, with_reply
-from services.conversation_store import ConversationStore
+from services.conversation_store import ConversationFileBusy, ConversationStore
 store = ConversationStore(__import__('pathlib').Path({path!r}))
 saved = store.create({user!r}, ())
 history = ()
@@ -176,3 +176,31 @@ def test_pure_helpers():
         with pytest.raises(HistoryError):
             check_conversation_id(bad)
     assert check_title("  My   chat ") == "My chat"
+
+
+def test_a_file_another_process_holds_locked_is_waited_for_and_never_moved_aside(tmp_path):
+    path = tmp_path / "c.sqlite3"
+    first = ConversationStore(path)
+    saved = first.create("u", with_reply(add_user_message((), "kept"), "yes"))
+    holder = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # what a second process switching to WAL or migrating holds
+    release = threading.Timer(1.0, lambda: holder.execute("COMMIT"))
+    release.start()
+    second = ConversationStore(path, open_wait_s=20)
+    release.join()
+    assert second.problem is None
+    assert not list(tmp_path.glob("*.damaged*"))
+    assert second.load("u", saved.id).history[0].content == "kept"
+
+
+def test_a_file_locked_too_long_is_a_clear_error_and_left_as_it_is(tmp_path):
+    path = tmp_path / "c.sqlite3"
+    ConversationStore(path).create("u", with_reply(add_user_message((), "kept"), "yes"))
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(ConversationFileBusy, match="stayed locked by another process"):
+        ConversationStore(path, open_wait_s=0.5)
+    holder.execute("COMMIT")
+    assert not list(tmp_path.glob("*.damaged*"))
+    (only,) = ConversationStore(path).list("u")
+    assert only.title
