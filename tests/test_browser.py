@@ -124,10 +124,13 @@ def test_continue_extends_a_reply_cut_by_the_token_limit(page):
     page.fill("#sampling-max_tokens input", "8")
     page.fill("#message textarea", "Count from one to thirty in words, separated by commas.")
     users = page.locator('#chatbot [data-testid="user"]').count()
+    bots = page.locator('#chatbot [data-testid="bot"]').count()
     page.click("#send")
     # The message is taken first (a round trip): wait for its bubble, or the last reply read is the old one.
     wait_for(lambda: page.locator('#chatbot [data-testid="user"]').count() > users, 30, "the message to be taken")
-    wait_for(lambda: "max tokens" in _reply_and_stats(page)[1], 90, "the short reply",
+    # The new reply's own bubble: the reply before it may also have ended at the token limit.
+    wait_for(lambda: page.locator('#chatbot [data-testid="bot"]').count() > bots
+             and "max tokens" in _reply_and_stats(page)[1], 90, "the short reply",
              seen=lambda: bot_text(page)[-300:])
     n_bots = page.locator('#chatbot [data-testid="bot"]').count()
     cut, first_stats = _reply_and_stats(page)

@@ -57,6 +57,19 @@ def test_send_streams_a_reply_with_stats(ctx):
     assert growing == sorted(growing)
 
 
+def test_the_session_is_free_when_the_reply_with_stats_arrives(ctx):
+    """A Send pressed the moment the stats show must be taken, not refused as "still being written"
+    (the browser sees the last item before Gradio resumes the generator)."""
+    assert ctx.cancels.reserve("s-free")
+    for _display, history in h.send(ctx, "s-free", "Say hi.", (), "", sampling(max_tokens=4, seed=1)):
+        if history and history[-1].role == "assistant" and history[-1].stats is not None:
+            assert not ctx.cancels.busy("s-free")
+            assert ctx.cancels.reserve("s-free")  # the next message is taken
+            break
+    else:
+        raise AssertionError("no reply with stats")
+
+
 def test_system_prompt_reaches_the_model(ctx):
     _, history = last(h.send(ctx, "s1", "What is your name?", (), "Your name is Zorblax. Always say it.",
                                 sampling(temperature=0.0, max_tokens=30)))

@@ -56,6 +56,7 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
     ``prefix``: the reply being continued (``history`` then ends with it)."""
     cancel = ctx.cancels.start(session)
     text = prefix
+    final = None  # the last item: yielded after the session is free, so a Send right after it is taken
     try:
         with ctx.manager.queue_turn() as turn:  # BusyError when the line is full
             try:
@@ -76,14 +77,16 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
                         yield with_reply(history, text)
             finally:
                 stream.close()
-        yield with_reply(history, text, stats=stream.stats)
+        final = with_reply(history, text, stats=stream.stats)
     except BackendError as exc:
-        yield with_reply(history, text, error=str(exc))
+        final = with_reply(history, text, error=str(exc))
     finally:
         # Reached on normal end, on error, and when Gradio closes the generator because the
         # client went away: the worker's generation stops either way.
         cancel.set()
         ctx.cancels.finish(session, cancel)
+    if final is not None:
+        yield final
 
 
 def _wait_in_line(ctx: AppContext, turn, history: History, cancel) -> Iterator[History]:
