@@ -106,3 +106,29 @@ def test_without_new_chat_the_conversation_and_so_the_prompt_grow(counted):
         seen += row["model_messages"]
     assert seen == [1, 3, 5]
     _, history, current, _, _ = ch.new_conversation(ctx, SESSION)
+
+
+def test_each_update_reaches_the_page_as_it_comes(tmp_path):
+    """The conversation writer passes a reply's updates on at once: holding one back until the next
+    arrives delayed every token, the first one by a whole update interval (bench/remote_cpu.py saw
+    the chat's time to first token 65 ms over the API's)."""
+    from core.chat_history import add_user_message, with_reply
+
+    ctx = AppContext(AppSettings(data_dir=tmp_path), ModelManager(), lambda: None,
+                     conversations=ConversationStore(tmp_path / FILE_NAME))
+    asked = add_user_message((), "hi")
+    made = []
+
+    def updates():
+        for history in (asked, with_reply(asked, "a"), with_reply(asked, "ab")):
+            made.append(history)
+            yield [], history
+
+    shown = ch.persist(ctx, USER, None, "", updates())
+    for n in (1, 2, 3):
+        _display, history, _current = next(shown)
+        assert len(made) == n and history is made[-1]
+    _display, history, current = next(shown)  # the last one again, with the revision written
+    assert history is made[-1] and current is not None
+    assert ctx.conversations.load(USER, current[0]).history[-1].content == "ab"
+    ctx.manager.close()

@@ -60,28 +60,29 @@ def save(ctx: AppContext, user: Optional[str], current: Any, history: Any, syste
 
 def persist(ctx: AppContext, user: Optional[str], current: Any, system_prompt: Any,
             updates: Iterator[tuple]) -> Iterator[tuple]:
-    """Pass ``(display, history)`` updates through as ``(display, history, current)``, writing the
-    conversation when the message is taken and when the reply ends. The last update is written
-    before it is shown, so the tab holds the revision on disk. A reply whose page went away is
-    still written (its partial text kept)."""
+    """Pass ``(display, history)`` updates through as ``(display, history, current)`` the moment
+    they come (a held-back update would delay every token, the first one too), writing the
+    conversation when the message is taken and when the reply ends. The last update is sent once
+    more after it is written, so the tab holds the revision on disk. A reply whose page went away
+    is still written (its partial text kept)."""
     cur = _current(current)
-    pending = None
-    first = True
+    last = None
+    written = True
     try:
         for update in updates:
-            if pending is not None:
-                yield (*pending, cur)
-            pending = update
+            first = last is None
+            last, written = update, False
             if first:
-                first = False
                 cur = save(ctx, user, cur, update[1], system_prompt)
-        if pending is not None:
-            cur = save(ctx, user, cur, pending[1], system_prompt)
-            done, pending = pending, None
-            yield (*done, cur)
+                written = True
+            yield (*update, cur)
+        if not written:
+            cur = save(ctx, user, cur, last[1], system_prompt)
+            written = True
+            yield (*last, cur)
     finally:
-        if pending is not None:  # closed early: keep what was written so far
-            save(ctx, user, cur, pending[1], system_prompt)
+        if not written:  # closed early: keep what was written so far
+            save(ctx, user, cur, last[1], system_prompt)
 
 
 def choices(ctx: AppContext, user: Optional[str], query: Any = "") -> list[tuple[str, str]]:
