@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -207,8 +206,16 @@ def run(argv: list[str]) -> int:
     # Before Gradio is imported: no telemetry or version checks, and a private temp folder.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     # Gradio's upload/download cache: private, and outside the data folder, which is blocked from serving.
-    if "GRADIO_TEMP_DIR" not in os.environ:  # kept across in-place restarts (inherited), removed at exit
-        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="fitchat-gradio-")
+    # Folders of apps killed with SIGKILL (their atexit never ran) go now; a live app's stay.
+    from services import temp_folders
+
+    swept = temp_folders.sweep_stale()
+    if swept:
+        print(f"fitchat: removed {len(swept)} temp folder(s) left by FitChat apps that were killed", flush=True)
+    inherited = os.environ.get("GRADIO_TEMP_DIR")
+    if inherited is None:  # kept across in-place restarts (execv: same PID, inherited), removed at exit
+        os.environ["GRADIO_TEMP_DIR"] = str(temp_folders.make_folder("fitchat-gradio-"))
+    if inherited is None or temp_folders.owned_by_this_process(Path(inherited)):
         import atexit
         import shutil
 

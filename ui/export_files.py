@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import atexit
 import shutil
-import tempfile
 import threading
 from pathlib import Path
+
+from services import temp_folders
 
 EXPORT_TTL_S = 60.0  # long past Gradio's copy into its cache, which happens as the handler answers
 
@@ -16,7 +17,7 @@ _lock = threading.Lock()
 
 
 def new_export_folder() -> Path:
-    folder = tempfile.mkdtemp(prefix="fitchat-export-")
+    folder = str(temp_folders.make_folder("fitchat-export-"))  # marked: swept at the next start if killed
     with _lock:
         _pending.add(folder)
     timer = threading.Timer(EXPORT_TTL_S, remove_folder, (folder,))
