@@ -92,6 +92,8 @@ class BatchLoop:
         for i in range(n_batch):
             b.n_seq_id[i] = 1
         self.steps = 0  # decode steps so far
+        # Where a step's time goes (bench/gpu_parallel.py reads it): llama_decode, the samplers, the rest.
+        self.times = {"steps": 0, "batch_tokens": 0, "step_s": 0.0, "decode_s": 0.0, "sample_s": 0.0}
         self.aborted = 0  # decodes the abort callback stopped
         self.history: deque[ReplyRecord] = deque(maxlen=64)  # the last replies' slot and step accounting
         self._pieces: dict[int, bytes] = {}
@@ -197,6 +199,14 @@ class BatchLoop:
         self._active.append(reply)
 
     def _step(self) -> None:
+        t_step = time.perf_counter()
+        try:
+            self._decode_and_sample()
+        finally:
+            self.times["steps"] += 1
+            self.times["step_s"] += time.perf_counter() - t_step
+
+    def _decode_and_sample(self) -> None:
         n = 0
         for reply in self._active:  # the running replies: one token each
             reply.idx, reply.chunk = -1, []
@@ -223,9 +233,12 @@ class BatchLoop:
         self._batch.n_tokens = n
         self._in_batch = [r for r in self._active if r.chunk]
         self._set_abort(self._slow_step or n > ABORTABLE_TOKENS)
-        t0 = time.monotonic()
+        t0 = time.perf_counter()
         rc = self._lc.llama_decode(self._ctx, self._batch)
-        self._slow_step = n <= ABORTABLE_TOKENS and time.monotonic() - t0 > SLOW_STEP_S
+        t1 = time.perf_counter()
+        self.times["decode_s"] += t1 - t0
+        self.times["batch_tokens"] += n
+        self._slow_step = n <= ABORTABLE_TOKENS and t1 - t0 > SLOW_STEP_S
         self.steps += 1
         batch, self._in_batch = self._in_batch, []
         if rc == ABORTED:
@@ -240,7 +253,10 @@ class BatchLoop:
         for reply in batch:
             reply.slot.tokens.extend(reply.chunk)
         ready = [r for r in batch if r.idx >= 0]
-        for reply, token in zip(ready, self._sample(ready)):
+        t2 = time.perf_counter()
+        tokens = self._sample(ready)
+        self.times["sample_s"] += time.perf_counter() - t2
+        for reply, token in zip(ready, tokens):
             self._on_token(reply, token)
 
     def _sample(self, ready: list[Reply]) -> list[int]:

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -108,9 +109,10 @@ def llama_bench(bin_dir: str, model: str, opts: LoadOptions) -> dict:
         return {"error": (out.stderr + out.stdout)[-1500:], "command": " ".join(cmd)}
 
 
-def batched_bench(bin_dir: str, model: str, prompt_tokens: int, tokens: int, opts: LoadOptions) -> dict:
-    cmd = [str(Path(bin_dir, "llama-batched-bench")), "-m", model, "-ngl", "99", "-fa", "on", "-c", "8192",
-           "-b", "2048", "-ub", "512", "-npp", str(prompt_tokens), "-ntg", str(tokens), "-npl", "1,4,8",
+def batched_bench(bin_dir: str, model: str, prompt_tokens: int, tokens: int, opts: LoadOptions,
+                  ctx: int = 8192, batch: int = 2048) -> dict:
+    cmd = [str(Path(bin_dir, "llama-batched-bench")), "-m", model, "-ngl", "99", "-fa", "on", "-c", str(ctx),
+           "-b", str(batch), "-ub", "512", "-npp", str(prompt_tokens), "-ntg", str(tokens), "-npl", "1,4,8",
            "-t", str(opts.n_threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     rows = {}
@@ -124,12 +126,64 @@ def batched_bench(bin_dir: str, model: str, prompt_tokens: int, tokens: int, opt
             **({} if rows else {"error": (out.stdout + out.stderr)[-1500:]})}
 
 
+def _span_throughput(rows: list[dict]) -> Optional[float]:
+    ok = [r for r in rows if "tokens" in r]
+    span = max(r["end"] for r in ok) - max(r["first"] for r in ok) if ok else 0
+    return sum(r["tokens"] - 1 for r in ok) / span if span > 0 else None
+
+
+def engine_replies_at_once(model: str, prompts: list[str], tokens: int, opts: LoadOptions) -> dict:
+    """The same replies through FitChat's engine in this process (no worker, no IPC): where the
+    decode loop's step time goes (llama_decode, samplers, the rest), to tell the loop's cost from
+    the worker's."""
+    engine = LlamaCppEngine()
+    engine._log._echo = None
+    info = engine.load(LoadSpec(model, opts.model_copy(update={"parallel": len(prompts)})))
+    params = SamplingOptions(temperature=0.0, repeat_penalty=1.0, max_tokens=tokens, seed=1)
+    loop = engine.loop
+
+    def once() -> dict:
+        for slot in loop.pool.slots:
+            slot.tokens.clear()
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(engine._ctx), True)
+        before = dict(loop.times)
+        rows: list[dict] = [{} for _ in prompts]
+
+        def run(i: int) -> None:
+            stream = engine.stream_chat(prompts[i], params, threading.Event())
+            for _ in stream:
+                pass
+            end, st = time.perf_counter(), stream.stats
+            rows[i] = {"first": end - st.total_s + st.ttft_s, "end": end, "tokens": st.completion_tokens}
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        times = {k: loop.times[k] - before[k] for k in before}
+        steps = max(1, times["steps"])
+        return {"decode_tokens_per_s": _span_throughput(rows), "steps": times["steps"],
+                "per_step_ms": {k: 1000 * times[k] / steps for k in ("step_s", "decode_s", "sample_s")},
+                "batch_tokens_per_step": times["batch_tokens"] / steps}
+
+    try:
+        once()  # warm-up
+        return {"info": {k: getattr(info, k, None) for k in ("n_ctx", "kv_type", "flash_attn", "n_parallel",
+                                                           "n_gpu_layers")}, **once()}
+    finally:
+        engine.unload()
+
+
 def replies_at_once(model: str, prompts: list[str], tokens: int, opts: LoadOptions) -> dict:
     """len(prompts) replies started together through the ModelManager (its gate and line) and the
     worker process; decode throughput counted as llama-batched-bench's S_TG: tokens after each
     reply's first over the time from the last first token to the last token."""
     manager = ModelManager(max_waiting=16)
     manager.load(LoadSpec(model, opts.model_copy(update={"parallel": max(1, len(prompts))})))
+    loaded = manager.state().info
     params = SamplingOptions(temperature=0.0, repeat_penalty=1.0, max_tokens=tokens, seed=1)
 
     def once() -> dict:
@@ -168,7 +222,8 @@ def replies_at_once(model: str, prompts: list[str], tokens: int, opts: LoadOptio
 
     try:
         once()  # warm-up
-        return once()
+        return {"info": {k: getattr(loaded, k, None) for k in ("n_ctx", "kv_type", "flash_attn", "n_parallel",
+                                                             "n_gpu_layers")}, **once()}
     finally:
         manager.close()
 
@@ -211,6 +266,11 @@ def main() -> int:
         log("llama-bench")
         report["llama_bench"] = llama_bench(a.bin, a.model, opts)
         save()
+    log(f"{a.clients} replies at once in this process (the engine's loop, no worker)")
+    report["engine_replies_at_once"] = {str(n): engine_replies_at_once(a.model, prompts[:n], a.tokens, opts)
+                                        for n in (1, a.clients)}
+    save()
+    log(json.dumps(report["engine_replies_at_once"]))
     log(f"{a.clients} replies at once through the manager and worker")
     report["replies_at_once"] = {str(n): replies_at_once(a.model, prompts[:n], a.tokens, opts)
                                  for n in (1, a.clients)}
@@ -218,6 +278,9 @@ def main() -> int:
     if a.bin:
         log("llama-batched-bench")
         report["llama_batched_bench"] = batched_bench(a.bin, a.model, a.prompt_tokens, a.tokens, opts)
+        # ... and with FitChat's own context: n_ctx per reply x 8 cells, batch 512
+        report["llama_batched_bench_fitchat_ctx"] = batched_bench(a.bin, a.model, a.prompt_tokens, a.tokens, opts,
+                                                                  ctx=opts.n_ctx * a.clients, batch=opts.n_batch)
     one = report["engine_one_reply"]["decode_tokens_per_s"]
     ref = (report.get("llama_completion") or {}).get("decode_tokens_per_s")
     many = report["replies_at_once"][str(a.clients)]["decode_tokens_per_s"]
