@@ -245,14 +245,39 @@ def describe_validation_error(exc: ValidationError, what: str = "options",
     parts = []
     for err in exc.errors():
         path = [str(x) for x in err.get("loc", ())]
+        labelled = bool(labels and len(path) == 1 and path[0] in labels)
+        name = path[0] if path else ""
         if labels and path and path[0] in labels:
             path[0] = labels[path[0]]
         loc = ".".join(path) or what
         msg = err.get("msg", "invalid")
-        if "input" in err and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg} (got {err['input']!r})"
-        parts.append(f"{loc}: {msg}")
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], (dict, list)) else ""
+        plain = _plain_words(err, name) if labelled else None
+        parts.append(f"{loc} {plain}{got}" if plain else f"{loc}: {msg}{got}")
     return f"Invalid {what}: " + "; ".join(parts)
+
+
+_BOUNDS = {"greater_than_equal": ("ge", "must be at least"), "less_than_equal": ("le", "must be at most"),
+           "greater_than": ("gt", "must be more than"), "less_than": ("lt", "must be less than")}
+
+
+def _plain_words(err: dict, name: str) -> Optional[str]:
+    """A range or type error in the words a form uses ("must be at least 128"), a validator's own
+    sentence without the field's name, else None."""
+    kind = err.get("type", "")
+    if kind == "value_error":
+        text = str(err.get("msg", "")).removeprefix("Value error, ")
+        return text.removeprefix(f"{name} ") if text.startswith(f"{name} ") else None
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        bound = (err.get("ctx") or {}).get(key)
+        if isinstance(bound, (int, float)):
+            return f"{words} {bound:,}" if isinstance(bound, int) else f"{words} {bound:g}"
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return "must be a whole number"
+    if kind in ("float_parsing", "float_type"):
+        return "must be a number"
+    return None
 
 
 def parse_file_model(model: type[BaseModel], data: object, source: str, error: type[ValueError]) -> BaseModel:

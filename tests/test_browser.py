@@ -67,7 +67,7 @@ def test_chat_stop_and_regenerate_in_a_real_browser(page):
 
     # Reload through the Model panel with a chosen context, as a user would.
     page.click("#model-accordion")
-    page.fill("#load-n_ctx input", "1024")
+    page.fill("#load-n_ctx input, #load-n_ctx textarea", "1024")
     page.keyboard.press("Enter")
     page.click("#load")
     wait_for(lambda: "context 1,024" in page.inner_text("#model-status"), 60, "the reload with context 1024")

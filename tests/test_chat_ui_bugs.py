@@ -3,6 +3,7 @@
 (tests/test_browser_chat_life.py checks the same in Chromium.)"""
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 
@@ -139,6 +140,30 @@ def test_bug6_messages_use_the_labels_users_see_and_too_many_threads_are_refused
         values[h.LOAD_FIELDS.index("n_threads")] = str(too_many)
         h.load_model(ctx, name, values)
     assert ctx.manager.state().status == "empty"  # refused before any load
+
+
+def test_bug6_a_typed_number_is_never_swapped_for_a_suggestion(app):
+    """A Dropdown with custom values picks its highlighted suggestion on Enter ("10" became 1024):
+    optional numbers are text boxes, checked on Enter with the label users see."""
+    from core.options import LoadOptions, SamplingOptions
+    from ui.option_widgets import optional_number_fields
+
+    for prefix, model in (("load-", LoadOptions), ("sampling-", SamplingOptions)):
+        for name in optional_number_fields(model):
+            widget = next((b for b in app.blocks.values() if getattr(b, "elem_id", None) == prefix + name), None)
+            if widget is None:
+                continue
+            assert isinstance(widget, gr.Textbox), (name, type(widget).__name__)
+            checks = [d for d in deps(app) if widget in d.inputs and (widget._id, "submit") in d.targets]
+            assert checks, f"nothing checks {name} on Enter"
+            with pytest.raises(gr.Error) as err:
+                inspect.unwrap(checks[0].fn)("-5")  # the handler, without the toast wrapper
+            assert widget.label in err.value.message and name not in err.value.message.split(":", 1)[1]
+    context = by_id(app, "load-n_ctx")
+    (check,) = [d for d in deps(app) if context in d.inputs and (context._id, "submit") in d.targets]
+    with pytest.raises(gr.Error, match=r"Context \(tokens\) must be at least 128 \(got 10\)"):
+        inspect.unwrap(check.fn)("10")
+    assert inspect.unwrap(check.fn)("auto") is None and inspect.unwrap(check.fn)("4096") is None
 
 
 def test_bug6_the_model_panel_can_show_the_loaded_options_after_a_reload(app):

@@ -216,7 +216,7 @@ def load_model(ctx: AppContext, name: Any, load_values: Sequence[Any]) -> str:
     options = options_from_values(LoadOptions, LOAD_FIELDS, load_values, "load options")
     cores = os.cpu_count() or 1
     if options.n_threads is not None and options.n_threads > cores:
-        raise gr.Error(f"Threads: this machine has {cores} CPU core{'s' if cores > 1 else ''}; pick at most "
+        raise gr.Error(f"CPU threads: this machine has {cores} CPU core{'s' if cores > 1 else ''}; pick at most "
                        f"{cores} (more threads than cores slow llama.cpp down), or auto.")
     if entry.backend == "transformers":
         # The panel's fields are llama.cpp's; a transformers folder takes its own defaults (NF4)

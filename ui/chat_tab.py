@@ -11,7 +11,7 @@ from core.options import MAX_PARALLEL, LoadOptions, SamplingOptions
 from ui import chat_handlers as h, conversation_handlers as ch, conversations_panel, share_panel
 from ui.access import require_admin, username
 from ui.context import AppContext
-from ui.option_widgets import build_widgets, widget_values
+from ui.option_widgets import build_widgets, check_on_enter, widget_values
 from ui.status import format_status, status_dict
 
 GENERATION = "generation"  # the reply events' concurrency group
@@ -70,6 +70,8 @@ def build(ctx: AppContext):
                 sampling_widgets = build_widgets(SamplingOptions, elem_prefix="sampling-")
             share_panel.build(ctx)
 
+    check_on_enter(LoadOptions, load_widgets, "load options")
+    check_on_enter(SamplingOptions, sampling_widgets, "sampling options")
     sampling_inputs = [sampling_widgets[name] for name in h.SAMPLING_FIELDS]
     stream_outputs = [chatbot, history, conv]  # never the message box: a draft typed meanwhile stays
 

@@ -45,11 +45,11 @@ def build_widgets(model: type[BaseModel], values: BaseModel | None = None,
         elif annotation is str:
             widget = gr.Textbox(value=default or "", lines=2, max_lines=12, **common)
         elif spec["empty"]:
-            # Optional number: "auto"/"random" or a value. A Number box cannot be empty in Gradio.
-            choices = [spec["empty"], *[str(v) for v in spec["suggest"]]]
-            shown = ",".join(f"{v:g}" for v in default) if spec["list"] and default else default
-            widget = gr.Dropdown(choices=choices, value=spec["empty"] if default is None else str(shown),
-                                 allow_custom_value=True, **common)
+            # Optional number: "auto"/"random" or a value. A text box, not a Dropdown with custom values:
+            # Enter there picks the highlighted suggestion (typing 10 gave 1024). A Number box cannot be empty.
+            common["info"] = _with_suggestions(spec)
+            widget = gr.Textbox(value=_shown(spec, default), placeholder=spec["empty"], lines=1, max_lines=1,
+                                **common)
         elif spec["min"] is None or spec["max"] is None:
             is_int = int in (annotation, *typing.get_args(annotation))
             widget = gr.Number(value=default, precision=0 if is_int else None,
@@ -59,6 +59,39 @@ def build_widgets(model: type[BaseModel], values: BaseModel | None = None,
             widget = gr.Slider(minimum=lo, maximum=spec["max"], step=spec["step"], value=default, **common)
         widgets[name] = widget
     return widgets
+
+
+def _with_suggestions(spec: dict) -> str:
+    typical = ", ".join(str(v) for v in spec["suggest"])
+    example = "e.g. 3,1" if spec["list"] else f"e.g. {typical}" if typical else ""
+    return (f"{spec['description']} Type {'numbers' if spec['list'] else 'a number'} or {spec['empty']}"
+            + (f" ({example})." if example else "."))
+
+
+def _shown(spec: dict, value: Any) -> str:
+    if value is None:
+        return spec["empty"]
+    return ",".join(f"{v:g}" for v in value) if spec["list"] else str(value)
+
+
+def optional_number_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields ``build_widgets`` shows as a text box holding a number or the "empty" word."""
+    return tuple(spec["name"] for spec in field_specs(model) if spec["empty"])
+
+
+def check_on_enter(model: type[BaseModel], widgets: dict[str, gr.components.Component], what: str) -> None:
+    """Enter in (or leaving) an optional-number box checks it at once: a wrong value is said in a
+    toast naming the label ("Context (tokens) must be at least 128"), and the box keeps what was typed."""
+    for name in optional_number_fields(model):
+        widget = widgets.get(name)
+        if widget is None:
+            continue
+
+        def check(value, name=name):
+            options_from_values(model, (name,), (value,), what)
+
+        gr.on([widget.submit, widget.blur], check, widget, None, api_visibility="private",
+              concurrency_id="check-option", concurrency_limit=None)
 
 
 def widget_values(model: type[BaseModel], values: BaseModel, only: Sequence[str]) -> list[Any]:
@@ -71,8 +104,7 @@ def widget_values(model: type[BaseModel], values: BaseModel, only: Sequence[str]
         if name == "stop":
             out.append("\n".join(value or ()))
         elif spec["empty"]:
-            shown = ",".join(f"{v:g}" for v in value) if spec["list"] and value else value
-            out.append(spec["empty"] if value is None else str(shown))
+            out.append(_shown(spec, value))
         else:
             out.append(value)
     return out

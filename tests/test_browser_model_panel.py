@@ -1,0 +1,80 @@
+"""Issue 12's Model panel in Chromium: a typed number stays what was typed (bug 6: "10" then Enter
+in Context gave 1024) and is checked with the label users see; a context above the trained one is
+said; too many threads are refused; after a reload the panel shows what is loaded. Screenshots
+go to test-artifacts/ (desktop and phone)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.test_browser import wait_for
+from tests.test_browser_chat_life import app, browser, open_page, shot, toasts  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_model]
+
+
+def field(page, name: str):
+    return page.locator(f"#load-{name} input, #load-{name} textarea").first
+
+
+def close_toasts(page) -> None:
+    page.evaluate("document.querySelectorAll('[data-testid=\"toast-close\"]').forEach(b => b.click())")
+    wait_for(lambda: not toasts(page), 5, "the toasts to close")
+
+
+@pytest.mark.parametrize("size", [(1400, 1000), (390, 844)], ids=["desktop", "phone"])
+def test_a_typed_context_stays_what_was_typed_and_is_checked_with_its_label(browser, app, size):
+    page = open_page(browser, app, *size)
+    page.click("#model-accordion")
+    box = field(page, "n_ctx")
+    box.fill("10")
+    box.press("Enter")
+    wait_for(lambda: "must be at least 128" in toasts(page), 10, "the check of the typed value",
+             seen=lambda: toasts(page))
+    assert box.input_value() == "10"  # not a suggestion picked for it
+    assert "Context (tokens) must be at least 128 (got 10)" in toasts(page)
+    assert "n_ctx" not in toasts(page)
+    box.scroll_into_view_if_needed()
+    shot(page, f"model-panel-context-10-{'desktop' if size[0] > 600 else 'phone'}")
+    page.context.close()
+
+
+def test_load_says_what_it_refuses_and_the_panel_shows_what_is_loaded_after_a_reload(browser, app):
+    page = open_page(browser, app)
+    page.click("#model-accordion")
+    before = page.inner_text("#model-status")
+    # a refused value: said with its label, nothing reloaded
+    field(page, "n_ctx").fill("10")
+    page.click("#load")
+    wait_for(lambda: "Context (tokens) must be at least 128" in toasts(page), 10, "the refusal",
+             seen=lambda: toasts(page))
+    time.sleep(1)
+    assert page.inner_text("#model-status") == before
+    close_toasts(page)
+    # more threads than cores: refused, naming the label
+    field(page, "n_ctx").fill("1024")
+    field(page, "n_threads").fill("64")
+    page.click("#load")
+    wait_for(lambda: "CPU threads" in toasts(page) and "CPU core" in toasts(page), 10, "the threads refusal",
+             seen=lambda: toasts(page))
+    close_toasts(page)
+    # above the trained context (SmolLM2-135M: 8192): refused with why, the loaded model stays
+    field(page, "n_threads").fill("auto")
+    field(page, "n_ctx").fill("16384")
+    page.click("#load")
+    wait_for(lambda: "more than the model was trained for (8192)" in page.inner_text("#model-status"), 90,
+             "the refusal of a context above the trained one", seen=lambda: page.inner_text("#model-status"))
+    assert "Load failed" in page.inner_text("#model-status") and "context 2,048" in page.inner_text("#model-status")
+    shot(page, "model-panel-context-above-trained")
+    # a real load, then a page reload: the panel shows what is loaded, not the start-up defaults (--ctx 2048)
+    field(page, "n_ctx").fill("1024")
+    page.click("#load")
+    wait_for(lambda: "context 1,024" in page.inner_text("#model-status"), 90, "the load with context 1024",
+             seen=lambda: page.inner_text("#model-status"))
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    page.click("#model-accordion")
+    wait_for(lambda: field(page, "n_ctx").input_value() == "1024", 10, "the loaded context in the panel",
+             seen=lambda: field(page, "n_ctx").input_value())
+    page.context.close()
