@@ -51,7 +51,10 @@ def api_stream(base_url: str, prompt: str, max_tokens: int, client=None) -> dict
             "tokens": tokens, "latency_s": end - start}
 
 
-def concurrency(base_url: str, clients: int, requests: int) -> dict:
+def concurrent_streams(base_url: str, clients: int, requests: int, max_tokens: int) -> tuple[list[dict], list[str], float]:
+    """`clients` threads, each on its own keep-alive connection, send `requests` streamed chats
+    one after another; returns the rows of api_stream, the errors (counted, not raised) and
+    the wall time of the whole run."""
     results: list[dict] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -60,7 +63,7 @@ def concurrency(base_url: str, clients: int, requests: int) -> dict:
         client = keep_alive_client()  # each concurrent client has its own connection
         for j in range(requests):
             try:
-                row = api_stream(base_url, PROMPTS[(i * requests + j) % len(PROMPTS)], 64, client)
+                row = api_stream(base_url, PROMPTS[(i * requests + j) % len(PROMPTS)], max_tokens, client)
             except Exception as exc:
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}")
@@ -74,7 +77,11 @@ def concurrency(base_url: str, clients: int, requests: int) -> dict:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
+    return results, errors, time.perf_counter() - start
+
+
+def concurrency(base_url: str, clients: int, requests: int) -> dict:
+    results, errors, wall = concurrent_streams(base_url, clients, requests, 64)
     latencies = sorted(r["latency_s"] for r in results)
     return {"clients": clients, "requests": len(results), "errors": errors,
             "throughput_tokens_per_s": sum(r["tokens"] for r in results) / wall,

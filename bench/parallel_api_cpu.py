@@ -18,15 +18,14 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.api_cpu import api_stream  # noqa: E402
-from bench.chat_cpu import PROMPTS, app_endpoint, keep_alive_client, start_app, stop_app  # noqa: E402
+from bench.api_cpu import api_stream, concurrent_streams  # noqa: E402
+from bench.chat_cpu import app_endpoint, start_app, stop_app  # noqa: E402
 from services.cpu import physical_cores  # noqa: E402
 
 
@@ -36,29 +35,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def clients_run(url: str, clients: int, requests: int, max_tokens: int) -> dict:
-    rows: list[dict] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-
-    def run(i: int) -> None:
-        client = keep_alive_client()
-        for j in range(requests):
-            try:
-                row = api_stream(url, PROMPTS[(i * requests + j) % len(PROMPTS)], max_tokens, client)
-            except Exception as exc:  # counted, reported
-                with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            with lock:
-                rows.append(row)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    rows, errors, wall = concurrent_streams(url, clients, requests, max_tokens)
     return {"clients": clients, "requests": len(rows), "errors": errors, "wall_s": wall,
             "throughput_tokens_per_s": sum(r["tokens"] for r in rows) / wall,
             "p50_latency_s": statistics.median(r["latency_s"] for r in rows) if rows else None,

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chat_cpu import OTHER_PROMPT, PROMPTS, _fn_index, join, keep_alive_client, new_chat, queue_events  # noqa: E402
+from bench.chat_cpu import OTHER_PROMPT, PROMPTS, _fn_index, _sse_chat, keep_alive_client, new_chat  # noqa: E402
 from services.cpu import physical_cores  # noqa: E402
 from services.paths import embedded_model_path  # noqa: E402
 
@@ -66,31 +65,9 @@ def ui_chat(base: str, fn_index: int, prompt: str, max_tokens: int, session: str
     gr.State that the server keeps per session, so until 2026-12-03 every send here continued one
     growing conversation and its TTFT grew with it.) The tab's first event (Gradio building its
     per-session state) is paid in the warm-up run, as a browser pays it at page load."""
-    from core.options import SamplingOptions
-
-    values = {**SamplingOptions().model_dump(), "temperature": 0.0, "seed": "1", "max_tokens": max_tokens, "stop": ""}
-    data = [prompt, None, None, "", *[values[k] for k in SamplingOptions.model_fields]]
     new_chat(base, session)
-    start = time.perf_counter()
-    join(base, fn_index, session, data)
-    first = last = None
-    final = None
-    for now, msg in queue_events(base, session):
-        if msg.get("msg") == "process_generating":
-            value = msg["output"]["data"][0]
-            if value and isinstance(value[0], list):  # diffs: new reply text
-                first = first or now
-                last = now
-        elif msg.get("msg") == "process_completed":
-            if not msg.get("success", True):
-                raise RuntimeError(f"the chat failed: {msg.get('output')}")
-            last = now
-            final = msg["output"]["data"][0]
-    reply = final[-1]["content"]
-    text = reply if isinstance(reply, str) else "".join(p.get("text", "") for p in reply)
-    tokens = int(re.search(r"(\d+) tokens?", text).group(1))
-    return {"ttft_s": (first or last) - start, "tokens": tokens, "chat_messages": len(final),
-            "tokens_per_s": (tokens - 1) / (last - first) if first and last > first else 0.0}
+    row = _sse_chat(base, fn_index, prompt, max_tokens, session)
+    return {k: row[k] for k in ("ttft_s", "tokens", "chat_messages", "tokens_per_s")}
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
