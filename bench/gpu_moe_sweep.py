@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from backends.base import LoadSpec  # noqa: E402
 from backends.worker_client import WorkerBackend  # noqa: E402
-from bench.gpu_planner_sweep import device_used, nvml_used_by, wait_device_back  # noqa: E402
+from bench.gpu_measure import device_used, measured_load  # noqa: E402
 from core.hardware import GIB  # noqa: E402
 from core.load_plan import ModelFacts, applied_options, plan_load  # noqa: E402
 from core.options import LoadOptions, SamplingOptions  # noqa: E402
@@ -69,27 +68,10 @@ def configs(name: str, n_layer: int, ctx_train: int, smoke: bool) -> list[dict]:
 
 
 def measure(path: str, opts: LoadOptions, tokens: int) -> dict:
-    baseline = device_used()
-    backend = WorkerBackend("llama_cpp")
-    started = time.monotonic()
-    try:
-        info = backend.load(LoadSpec(path, opts))
-        load_s = time.monotonic() - started
-        speeds, per_token = [], []
-        for _ in range(2):  # the first reply warms up
-            stream = backend.stream_chat(PROMPT, SamplingOptions(temperature=0.0, max_tokens=tokens, seed=1,
-                                                                 repeat_penalty=1.0), threading.Event())
-            for _ in stream:
-                pass
-            speeds.append(stream.stats.decode_tokens_per_s)
-        used = nvml_used_by(info.worker_pid) if info.worker_pid else None
-        after = device_used()
-    finally:
-        backend.unload()
-    wait_device_back(baseline)
-    return {"load_s": round(load_s, 2), "tokens_per_s": speeds[-1], "nvml_worker_bytes": used,
-            "device_delta_bytes": after - baseline if after is not None and baseline is not None else None,
-            "buffers": [asdict(b) for b in info.buffers], "n_cpu_moe_measured": info.n_cpu_moe,
+    info, row = measured_load(WorkerBackend("llama_cpp"), LoadSpec(path, opts),
+                              SamplingOptions(temperature=0.0, max_tokens=tokens, seed=1, repeat_penalty=1.0),
+                              prompt=PROMPT)
+    return {**row, "buffers": [asdict(b) for b in info.buffers], "n_cpu_moe_measured": info.n_cpu_moe,
             "n_gpu_layers_effective": info.n_gpu_layers}
 
 

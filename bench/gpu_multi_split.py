@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -29,14 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 from backends.base import LoadSpec  # noqa: E402
 from backends.worker_client import WorkerBackend  # noqa: E402
+from bench.gpu_measure import MIB, devices_used, measured_load  # noqa: E402
 from core.hardware import GIB, Hardware  # noqa: E402
 from core.multi_gpu_plan import SplitChoice, split_updates  # noqa: E402
 from core.options import LoadOptions, SamplingOptions  # noqa: E402
 from core.plan import Plan  # noqa: E402
 from core.planner import Calibration, evaluate, optimise  # noqa: E402
-
-MIB = 1 << 20
-PROMPT = [{"role": "user", "content": "Count from one to one hundred, in words, separated by commas."}]
 
 
 def within(predicted: int, measured: Optional[int]) -> Optional[bool]:
@@ -44,42 +41,6 @@ def within(predicted: int, measured: Optional[int]) -> Optional[bool]:
     if measured is None:
         return None
     return abs(predicted - measured) <= max(0.03 * measured, 128 * MIB)
-
-
-def nvml_per_gpu(pid: Optional[int]) -> dict[int, Optional[int]]:
-    """The worker's VRAM on each GPU (absent GPUs: 0; no NVML or PID hidden: {})."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        out = {}
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-            out[i] = next((int(p.usedGpuMemory or 0) for p in procs if p.pid == pid), 0)
-        return out
-    except Exception:
-        return {}
-
-
-def device_used() -> dict[int, int]:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return {i: int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used)
-                for i in range(pynvml.nvmlDeviceGetCount())}
-    except Exception:
-        return {}
-
-
-def wait_devices_back(baseline: dict[int, int], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while baseline and time.monotonic() < deadline:
-        now = device_used()
-        if all(now.get(i, 0) <= b + 64 * MIB for i, b in baseline.items()):
-            return
-        time.sleep(0.2)
 
 
 def buffers_by_gpu(buffers: list[dict]) -> dict[int, dict[str, int]]:
@@ -94,26 +55,10 @@ def buffers_by_gpu(buffers: list[dict]) -> dict[int, dict[str, int]]:
 
 
 def measure(path: str, options: LoadOptions, tokens: int) -> dict:
-    baseline = device_used()
-    backend = WorkerBackend("llama_cpp")
-    started = time.monotonic()
-    info = backend.load(LoadSpec(path, options))
-    load_s = time.monotonic() - started
-    speeds = []
-    try:
-        for _ in range(2):  # the first reply warms up
-            stream = backend.stream_chat(PROMPT, SamplingOptions(temperature=0.0, max_tokens=tokens, seed=1),
-                                         threading.Event())
-            for _ in stream:
-                pass
-            speeds.append(stream.stats.decode_tokens_per_s)
-        nvml = nvml_per_gpu(info.worker_pid)
-    finally:
-        backend.unload()
-    wait_devices_back(baseline)
+    info, row = measured_load(WorkerBackend("llama_cpp"), LoadSpec(path, options),
+                              SamplingOptions(temperature=0.0, max_tokens=tokens, seed=1), per_gpu=True)
     buffers = [asdict(b) for b in info.buffers]
-    return {"load_s": round(load_s, 2), "tokens_per_s": speeds[-1], "nvml_worker_bytes": nvml,
-            "buffers": buffers, "gpu_buffers": buffers_by_gpu(buffers)}
+    return {**row, "buffers": buffers, "gpu_buffers": buffers_by_gpu(buffers)}
 
 
 def compare(plan: Plan, measured: dict) -> dict:
@@ -200,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     t_start = time.monotonic()
     hw, cal = machine(a.profile), Calibration()
     report: dict = {"machine": {"gpus": [asdict(g) for g in hw.gpus], "source": hw.source, "summary": hw.gpu_summary,
-                                "baseline_used": device_used()},
+                                "baseline_used": devices_used()},
                     "rows": [], "auto": [], "budgets": [], "skipped": []}
 
     def save() -> None:

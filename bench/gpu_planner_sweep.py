@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,72 +25,19 @@ sys.path.insert(0, str(ROOT))
 
 from backends.base import LoadSpec  # noqa: E402
 from backends.worker_client import WorkerBackend  # noqa: E402
+from bench.gpu_measure import MIB, device_used, measured_load  # noqa: E402
 from core.hardware import GIB  # noqa: E402
 from core.options import LoadOptions, SamplingOptions  # noqa: E402
 from core.planner import Calibration, evaluate, optimise  # noqa: E402
 from services.hardware import probe  # noqa: E402
 from services.dry_run import compute_buffers  # noqa: E402
 
-MIB = 1 << 20
-PROMPT = [{"role": "user", "content": "Count from one to one hundred, in words, separated by commas."}]
-
-
-def nvml_used_by(pid: int) -> int | None:
-    """The worker's VRAM as NVML reports it (None without NVML, or when a container hides PIDs)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == pid and proc.usedGpuMemory:
-                return int(proc.usedGpuMemory)
-    except Exception:
-        return None
-    return None
-
-
-def device_used() -> int | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
-    except Exception:
-        return None
-
-
-def wait_device_back(baseline: int | None, timeout: float = 20.0) -> None:
-    """After an unload, wait until the device's memory is back near the baseline."""
-    deadline = time.monotonic() + timeout
-    while baseline is not None and time.monotonic() < deadline:
-        used = device_used()
-        if used is None or used <= baseline + 64 * MIB:
-            return
-        time.sleep(0.2)
-
 
 def measure(path: str, ngl: int, ctx: int, kv: str, tokens: int) -> dict:
-    baseline = device_used()
-    backend = WorkerBackend("llama_cpp")
-    started = time.monotonic()
-    info = backend.load(LoadSpec(path, LoadOptions(n_ctx=ctx, n_gpu_layers=ngl, kv_type=kv, flash_attn=True)))
-    load_s = time.monotonic() - started
-    speeds = []
-    for _ in range(2):  # the first reply warms up
-        stream = backend.stream_chat(PROMPT, SamplingOptions(temperature=0.0, max_tokens=tokens, seed=1),
-                                     threading.Event())
-        for _ in stream:
-            pass
-        speeds.append(stream.stats.decode_tokens_per_s)
-    used = nvml_used_by(info.worker_pid)
-    after = device_used()
-    backend.unload()
-    wait_device_back(baseline)
-    delta = after - baseline if after is not None and baseline is not None else None
-    return {"load_s": round(load_s, 2), "tokens_per_s": speeds[-1], "nvml_worker_bytes": used,
-            "device_delta_bytes": delta, "buffers": [asdict(b) for b in info.buffers],
-            "n_gpu_layers_effective": info.n_gpu_layers}
+    info, row = measured_load(WorkerBackend("llama_cpp"),
+                              LoadSpec(path, LoadOptions(n_ctx=ctx, n_gpu_layers=ngl, kv_type=kv, flash_attn=True)),
+                              SamplingOptions(temperature=0.0, max_tokens=tokens, seed=1))
+    return {**row, "buffers": [asdict(b) for b in info.buffers], "n_gpu_layers_effective": info.n_gpu_layers}
 
 
 def gpu_buffer_bytes(buffers: list[dict]) -> dict:

@@ -15,7 +15,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,15 +25,14 @@ sys.path.insert(0, str(ROOT))
 from backends.base import LoadSpec  # noqa: E402
 from backends.manager import ModelManager  # noqa: E402
 from backends.worker_client import WorkerBackend  # noqa: E402
-from bench.gpu_planner_sweep import device_used, gpu_buffer_bytes, nvml_used_by, wait_device_back  # noqa: E402
+from bench.gpu_measure import MIB, measured_load, stream_stats  # noqa: E402
+from bench.gpu_planner_sweep import gpu_buffer_bytes  # noqa: E402
 from core.hardware import GIB  # noqa: E402
 from core.options import LoadOptions, SamplingOptions  # noqa: E402
 from core.planner import Calibration, optimise  # noqa: E402
 from core.quality import QualityOptions  # noqa: E402
 from services.quality import QualityStore, run_quality  # noqa: E402
 
-MIB = 1 << 20
-PROMPT = [{"role": "user", "content": "Count from one to one hundred, in words, separated by commas."}]
 LONG_PROMPT = "Once upon a time, " + "and then " * 110  # ~1500 tokens with tools.synth_gguf's byte-level vocabulary
 
 
@@ -64,37 +62,19 @@ def quality_row(path: str, ngl: int, windows: int, ref: bool, store: QualityStor
 
 
 def kv_row(path: str, ngl: int, ctx: int, placement: str, tokens: int) -> dict:
-    baseline = device_used()
-    backend = WorkerBackend("llama_cpp")
-    started = time.monotonic()
-    info = backend.load(LoadSpec(path, LoadOptions(n_ctx=ctx, n_gpu_layers=ngl, kv_type="f16", flash_attn=True,
-                                                   kv_placement=placement)))
-    load_s = time.monotonic() - started
-    speeds = []
-    try:
-        for _ in range(2):  # the first reply warms up
-            stream = backend.stream_chat(PROMPT, SamplingOptions(temperature=0.0, max_tokens=tokens, seed=1),
-                                         threading.Event())
-            for _ in stream:
-                pass
-            speeds.append(stream.stats.decode_tokens_per_s)
+    def long_prompt(_info) -> dict:
         # a fresh long prompt: prompt processing, where attention over the cache runs on the CPU with "ram"
-        stream = backend.stream_chat(LONG_PROMPT, SamplingOptions(temperature=0.0, max_tokens=2, seed=1),
-                                     threading.Event())
-        for _ in stream:
-            pass
-        long = stream.stats
-        used = nvml_used_by(info.worker_pid)
-        after = device_used()
-    finally:
-        backend.unload()
-    wait_device_back(baseline)
+        long = stream_stats(backend, LONG_PROMPT, SamplingOptions(temperature=0.0, max_tokens=2, seed=1))
+        return {"prompt_tokens": long.prompt_tokens, "prompt_s": long.ttft_s,
+                "prompt_tokens_per_s": round(long.prompt_tokens / long.ttft_s, 1) if long.ttft_s else None}
+
+    backend = WorkerBackend("llama_cpp")
+    info, row = measured_load(backend, LoadSpec(path, LoadOptions(n_ctx=ctx, n_gpu_layers=ngl, kv_type="f16",
+                                                                  flash_attn=True, kv_placement=placement)),
+                              SamplingOptions(temperature=0.0, max_tokens=tokens, seed=1), long_prompt)
     kv_devices = sorted({b.device for b in info.buffers if b.kind == "KV"})
-    return {"load_s": round(load_s, 2), "tokens_per_s": speeds[-1], "nvml_worker_bytes": used,
-            "prompt_tokens": long.prompt_tokens, "prompt_s": long.ttft_s,
-            "prompt_tokens_per_s": round(long.prompt_tokens / long.ttft_s, 1) if long.ttft_s else None,
-            "device_delta_bytes": (after - baseline) if after is not None and baseline is not None else None,
-            "buffers": [asdict(b) for b in info.buffers], "gpu_buffers": gpu_buffer_bytes([asdict(b) for b in info.buffers]),
+    return {**row, "buffers": [asdict(b) for b in info.buffers],
+            "gpu_buffers": gpu_buffer_bytes([asdict(b) for b in info.buffers]),
             "kv_buffer_devices": kv_devices, "n_gpu_layers_effective": info.n_gpu_layers}
 
 
