@@ -31,8 +31,8 @@ from typing import Literal, Optional, Sequence
 from core.hardware import Hardware, gpu_summary, pcie_bytes_per_s
 from core.model_shape import ModelShape, type_bytes_per_value
 from core.plan import DevicePlan, MemoryBreakdown, Plan
-from core.planner import (GIB, MIB, Calibration, compute_buffer_bytes, gpu_block_stage_bytes, gpu_compute_buffers, kv_bytes,
-                          moe_compute_bytes, pad_ctx)
+from core.planner import (GIB, MIB, Calibration, compute_buffer_bytes, context_and_cache_fit, cpu_only_reason,
+                          gpu_block_stage_bytes, gpu_compute_buffers, kv_bytes, moe_compute_bytes, pad_ctx, ram_reason)
 
 SplitMode = Literal["layer", "row", "none"]
 SPLIT_MODES: tuple[str, ...] = ("layer", "row", "none")
@@ -253,8 +253,7 @@ def _assemble(shape: ModelShape, hw: Hardware, ngl: int, n_ctx: int, kv_type: st
         reasons.append(f"needs {d.memory.total / GIB:.1f} GiB on GPU{d.index} ({d.name}); "
                        f"{max(d.usable_bytes, 0) / GIB:.1f} GiB are free after a {cal.vram_margin_bytes // MIB} MiB margin")
     if cpu.total > ram_budget:
-        reasons.append(f"needs {cpu.total / GIB:.1f} GiB of RAM; {max(ram_budget, 0) / GIB:.1f} GiB are available "
-                       f"after a {cal.ram_margin_bytes // GIB} GiB margin")
+        reasons.append(ram_reason(cpu.total, ram_budget, cal))
     on = [d for d in devices if d.n_layers]
     where = ", ".join(f"GPU{d.index} {d.n_layers}" for d in on) or "none"
     if over or cpu.total > ram_budget:
@@ -267,13 +266,8 @@ def _assemble(shape: ModelShape, hw: Hardware, ngl: int, n_ctx: int, kv_type: st
         reasons.append(f"{ngl} of {shape.n_layer + 1} layers on the GPUs ({where}); {cpu.total / GIB:.1f} GiB in RAM")
     else:
         fit = "cpu_only"
-        reasons.append(f"runs on the CPU ({hw.cpu_physical_cores} cores); {cpu.total / GIB:.1f} GiB in RAM")
-    if n_ctx > shape.n_ctx_train > 0:
-        fit = "no_fit"
-        reasons.append(f"a context of {n_ctx} is more than the model was trained for ({shape.n_ctx_train})")
-    if kv_type != "f16" and not flash_attn:
-        fit = "no_fit"
-        reasons.append(f"a {kv_type} KV cache needs flash attention")
+        reasons.append(cpu_only_reason(hw, cpu))
+    fit = context_and_cache_fit(fit, reasons, shape, n_ctx, kv_type, flash_attn)
     total = MemoryBreakdown(*(sum(getattr(d.memory, k) for d in devices)
                               for k in ("weights", "kv_cache", "compute", "overhead")))
     return Plan(fit=fit, backend="llama_cpp", n_layer=shape.n_layer, n_gpu_layers=ngl, n_ctx=n_ctx, kv_type=kv_type,

@@ -271,8 +271,7 @@ def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_
             reasons.append(f"needs {gpu.total / GIB:.1f} GiB on the GPU; {max(vram_budget, 0) / GIB:.1f} GiB "
                            f"are free after a {cal.vram_margin_bytes // MIB} MiB margin")
         if cpu.total > ram_budget:
-            reasons.append(f"needs {cpu.total / GIB:.1f} GiB of RAM; {max(ram_budget, 0) / GIB:.1f} GiB are "
-                           f"available after a {cal.ram_margin_bytes // GIB} GiB margin")
+            reasons.append(ram_reason(cpu.total, ram_budget, cal))
     elif ngl == shape.n_layer + 1 and split.cpu_experts:
         fit = "partial"
         reasons.append(f"every layer on {hw.gpus[0].name}, the experts of {len(split.cpu_experts)} of "
@@ -287,17 +286,35 @@ def evaluate(shape: ModelShape, hw: Hardware, n_gpu_layers: int, n_ctx: int, kv_
                        f"{cpu.total / GIB:.1f} GiB in RAM")
     else:
         fit = "cpu_only"
-        reasons.append(f"runs on the CPU ({hw.cpu_physical_cores} cores); {cpu.total / GIB:.1f} GiB in RAM")
+        reasons.append(cpu_only_reason(hw, cpu))
+    fit = context_and_cache_fit(fit, reasons, shape, n_ctx, kv_type, flash_attn)
+    return Plan(fit=fit, backend="llama_cpp", n_layer=shape.n_layer, n_gpu_layers=ngl, n_ctx=n_ctx,
+                kv_type=kv_type, flash_attn=flash_attn, gpu=gpu, cpu=cpu, tokens_per_s=round(tokens_per_s, 2),
+                reasons=tuple(reasons), quantization=shape.quantization, goal=goal,
+                kv_placement="ram" if kv_in_ram else "gpu", n_cpu_moe=split.cpu_experts.stop if split.cpu_experts else 0)
+
+
+def ram_reason(needed: int, budget: int, cal: Calibration) -> str:
+    """Why a plan does not fit in RAM (one GPU and several: ``core.multi_gpu``)."""
+    return (f"needs {needed / GIB:.1f} GiB of RAM; {max(budget, 0) / GIB:.1f} GiB are "
+            f"available after a {cal.ram_margin_bytes // GIB} GiB margin")
+
+
+def cpu_only_reason(hw: Hardware, cpu: MemoryBreakdown) -> str:
+    return f"runs on the CPU ({hw.cpu_physical_cores} cores); {cpu.total / GIB:.1f} GiB in RAM"
+
+
+def context_and_cache_fit(fit: str, reasons: list[str], shape: ModelShape, n_ctx: int, kv_type: str,
+                          flash_attn: bool) -> str:
+    """The checks that hold wherever the layers go: a context within the trained one, and a quantized
+    KV cache only with flash attention. Appends their reasons; returns the fit after them."""
     if n_ctx > shape.n_ctx_train > 0:
         fit = "no_fit"
         reasons.append(f"a context of {n_ctx} is more than the model was trained for ({shape.n_ctx_train})")
     if kv_type != "f16" and not flash_attn:
         fit = "no_fit"
         reasons.append(f"a {kv_type} KV cache needs flash attention")
-    return Plan(fit=fit, backend="llama_cpp", n_layer=shape.n_layer, n_gpu_layers=ngl, n_ctx=n_ctx,
-                kv_type=kv_type, flash_attn=flash_attn, gpu=gpu, cpu=cpu, tokens_per_s=round(tokens_per_s, 2),
-                reasons=tuple(reasons), quantization=shape.quantization, goal=goal,
-                kv_placement="ram" if kv_in_ram else "gpu", n_cpu_moe=split.cpu_experts.stop if split.cpu_experts else 0)
+    return fit
 
 
 def kv_ram_compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
