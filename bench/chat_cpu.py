@@ -186,12 +186,13 @@ def engine_once(engine, prompt: str, max_tokens: int) -> dict:
 
 
 def start_app(port: int, data_dir: str, threads: int, n_ctx: int,
-              extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, float]:
+              extra: tuple[str, ...] = (), root: Path = ROOT) -> tuple[subprocess.Popen, float]:
+    """``root``: the checkout to run (another commit's worktree for a before/after comparison)."""
     import httpx
 
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", data_dir,
-                             "--threads", str(threads), "--ctx", str(n_ctx), *extra], cwd=ROOT,
+                             "--threads", str(threads), "--ctx", str(n_ctx), *extra], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while True:
         try:

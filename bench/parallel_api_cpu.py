@@ -1,10 +1,12 @@
 """CPU benchmark of continuous batching through the API (issue 14): the app loaded with one slot
-(replies one at a time, as before batching) against the app with 4 slots, side by side in one run.
+(replies one at a time) against the app with 4 slots, and, with ``--before REV``, the app as it was
+before batching (that commit run from a git worktree, same Python environment), side by side in one run.
 
-    .venv/bin/python bench/parallel_api_cpu.py [--rounds 2] [--requests 4] [--max-tokens 64] [--out FILE]
+    .venv/bin/python bench/parallel_api_cpu.py [--rounds 2] [--requests 4] [--max-tokens 64]
+        [--before d625cd4^] [--out FILE]
 
-For each round and each setting (--parallel 1, then --parallel 4; a fresh app each time, so drift in
-the machine's speed hits both alike): 1 client, then 4 concurrent clients, each sending --requests
+For each round and each setting (before, --parallel 1, --parallel 4; a fresh app each time, so drift
+in the machine's speed hits all alike): 1 client, then 4 concurrent clients, each sending --requests
 streamed greedy chats of --max-tokens through /v1. Reported per setting and client count: total
 throughput (completion tokens per second of wall time), p50/p95 request latency and time to first
 token, and errors. The ratios that matter: 1 client at 4 slots vs 1 slot (batching must not slow a
@@ -16,10 +18,12 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,10 +48,27 @@ def clients_run(url: str, clients: int, requests: int, max_tokens: int) -> dict:
             "p95_ttft_s": pct([r["ttft_s"] for r in rows], 0.95)}
 
 
-def one_setting(parallel: int, threads: int, requests: int, max_tokens: int) -> list[dict]:
+BEFORE = 0  # the "parallel" of the app before batching (one reply at a time, the old engine)
+
+
+def before_checkout(rev: str) -> Path:
+    """A worktree of ``rev`` (made once, kept under the temp folder) that runs with this .venv."""
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    path = Path(tempfile.gettempdir()) / f"fitchat-before-{sha}"
+    if not path.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), sha], cwd=ROOT, check=True,
+                       capture_output=True)
+    return path
+
+
+def one_setting(parallel: int, threads: int, requests: int, max_tokens: int, before: Optional[Path] = None) -> list[dict]:
     port = 7990 + os.getpid() % 9
-    proc, _ = start_app(port, tempfile.mkdtemp(prefix="fitchat-parallel-bench-"), threads, 2048,
-                        ("--parallel", str(parallel)))
+    data_dir = tempfile.mkdtemp(prefix="fitchat-parallel-bench-")
+    if parallel == BEFORE:
+        proc, _ = start_app(port, data_dir, threads, 2048, root=before)
+    else:
+        proc, _ = start_app(port, data_dir, threads, 2048, ("--parallel", str(parallel)))
     url = f"http://127.0.0.1:{port}"
     try:
         app_endpoint(port)  # waits until the model is loaded
@@ -59,7 +80,7 @@ def one_setting(parallel: int, threads: int, requests: int, max_tokens: int) -> 
 
 def summarise(rows: list[dict]) -> dict:
     out = {}
-    for parallel in (1, 4):
+    for parallel in sorted({r["parallel"] for r in rows}):
         for clients in (1, 4):
             sel = [r for r in rows if r["parallel"] == parallel and r["clients"] == clients]
             out[f"parallel{parallel}_clients{clients}"] = {
@@ -71,6 +92,9 @@ def summarise(rows: list[dict]) -> dict:
                           if out[b]["throughput_tokens_per_s"] else None)
     out["single_user_ratio_4slots_vs_1"] = ratio("parallel4_clients1", "parallel1_clients1")
     out["four_clients_ratio_4slots_vs_1"] = ratio("parallel4_clients4", "parallel1_clients4")
+    if "parallel0_clients1" in out:  # parallel0: the app before batching
+        out["single_user_ratio_1slot_vs_before"] = ratio("parallel1_clients1", "parallel0_clients1")
+        out["four_clients_ratio_4slots_vs_before"] = ratio("parallel4_clients4", "parallel0_clients4")
     return out
 
 
@@ -81,17 +105,20 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=physical_cores())
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--before", help="a commit before batching (e.g. d625cd4^), run from a git worktree")
     a = ap.parse_args()
+    before = before_checkout(a.before) if a.before else None
     rows: list[dict] = []
     load = [os.getloadavg()[0]]
     for r in range(a.rounds):
-        for parallel in (1, 4):
-            for row in one_setting(parallel, a.threads, a.requests, a.max_tokens):
+        for parallel in ((BEFORE,) if before else ()) + (1, 4):
+            for row in one_setting(parallel, a.threads, a.requests, a.max_tokens, before):
                 rows.append(dict(row, round=r))
                 print(json.dumps({k: row[k] for k in ("parallel", "clients", "throughput_tokens_per_s",
                                                        "p50_latency_s", "p95_ttft_s")}), flush=True)
             load.append(os.getloadavg()[0])
     report = {"summary": summarise(rows), "rows": rows, "threads": a.threads, "max_tokens": a.max_tokens,
+              "before": a.before,
               "requests_per_client": a.requests, "rounds": a.rounds, "load_average_1m": load,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(report["summary"], indent=2))
