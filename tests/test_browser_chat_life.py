@@ -238,22 +238,6 @@ def test_regenerate_arrows_and_a_collapsed_reasoning_block(browser, app, tmp_pat
     page.context.close()
 
 
-def test_load_feedback_shows_at_once_next_to_the_button(browser, app):
-    page = open_page(browser, app)
-    page.click("#model-accordion")
-    started = time.monotonic()
-    page.click("#load")
-    wait_for(lambda: "Loading" in page.inner_text("#model-status"), 2, "a Loading state at once",
-             seen=lambda: page.inner_text("#model-status"))
-    shown_after = time.monotonic() - started
-    status = page.inner_text("#model-status")
-    assert "is being unloaded" in status, status  # the old model is marked as going away
-    shot(page, "loading")
-    wait_for(lambda: "Ready" in page.inner_text("#model-status"), 90, "the load to finish")
-    assert shown_after < 2
-    page.context.close()
-
-
 def test_editing_an_earlier_message_asks_before_dropping_later_turns(browser, app):
     page = open_page(browser, app)
     new_chat(page)

@@ -8,14 +8,22 @@ import time
 
 import pytest
 
+from tests.conftest import ARTIFACTS
 from tests.test_browser import wait_for
 from tests.test_browser_chat_life import app, browser, open_page, shot, toasts  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
+AT_ONCE_S = 5  # a load takes 3-5 s here; its first words come in well under 1 s on an idle machine
 
 
 def field(page, name: str):
     return page.locator(f"#load-{name} input, #load-{name} textarea").first
+
+
+def screen(page, name: str) -> None:
+    """What is on screen (not the whole page): the result must be there without scrolling."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"model-panel-{name}.png"))
 
 
 def close_toasts(page) -> None:
@@ -77,4 +85,57 @@ def test_load_says_what_it_refuses_and_the_panel_shows_what_is_loaded_after_a_re
     page.click("#model-accordion")
     wait_for(lambda: field(page, "n_ctx").input_value() == "1024", 10, "the loaded context in the panel",
              seen=lambda: field(page, "n_ctx").input_value())
+    page.context.close()
+
+
+def _load_and_watch(page, button: str, line: str, name: str) -> list[str]:
+    """Press a Load button; what the line right under it says, from at once until the result."""
+    started = time.monotonic()
+    page.click(button)
+    wait_for(lambda: "→ loading" in page.inner_text(line), AT_ONCE_S, "the loading state at once, by the button",
+             seen=lambda: page.inner_text(line))
+    assert time.monotonic() - started < AT_ONCE_S
+    seen = [page.inner_text(line)]
+    wait_for(lambda: seen.append(page.inner_text(line)) or "loaded in" in seen[-1], 90, "the result by the button",
+             seen=lambda: seen[-3:])
+    assert f"Unloading {name}" in seen[0], seen[0]  # the old model marked as going away
+    box = page.locator(line).bounding_box()
+    viewport = page.viewport_size
+    assert box and 0 <= box["y"] and box["y"] + box["height"] <= viewport["height"], "the result is off screen"
+    return seen
+
+
+@pytest.mark.parametrize("size", [(1400, 1000), (390, 844)], ids=["desktop", "phone"])
+def test_load_feedback_shows_at_once_next_to_each_load_button(browser, app, size):
+    tag = "desktop" if size[0] > 600 else "phone"
+    page = open_page(browser, app, *size)
+    # the chat's Model panel: its line and the status line at the top both say it
+    page.click("#model-accordion")
+    field(page, "n_ctx").fill("2048")
+    page.click("#load")
+    wait_for(lambda: "→ loading" in page.inner_text("#load-feedback"), AT_ONCE_S, "the loading state at once",
+             seen=lambda: page.inner_text("#load-feedback"))
+    assert "Unloading" in page.inner_text("#model-status")
+    shot(page, f"load-feedback-chat-{tag}")
+    seconds = set()
+    wait_for(lambda: seconds.add(page.inner_text("#load-feedback")) or "loaded in" in page.inner_text("#load-feedback"),
+             90, "the load's result by the button", seen=lambda: sorted(seconds))
+    assert "Ready" in page.inner_text("#model-status")
+    took = float(page.inner_text("#load-feedback").split("loaded in ")[1].split(" s")[0])
+    if took >= 4:  # the timer ticked the seconds meanwhile
+        assert any(f"… {n} s" in line for line in seconds for n in (1, 2, 3)), sorted(seconds)
+    # the Library's Load
+    page.get_by_role("tab", name="Models").click()
+    wait_for(lambda: page.locator("#library-choice input").input_value(), 30, "the library listed")
+    page.locator("#library-load").scroll_into_view_if_needed()
+    seen = _load_and_watch(page, "#library-load", "#library-load-feedback", "SmolLM2")
+    screen(page, f"load-feedback-library-{tag}")
+    # the Presets tab's Load: its result by the button, on screen without scrolling
+    page.get_by_role("tab", name="Presets").click()
+    wait_for(lambda: "SmolLM2" in page.locator("#presets-choice input").input_value(), 30, "the presets ranked",
+             seen=lambda: page.locator("#presets-choice input").input_value())
+    page.evaluate("window.scrollTo(0, 0)")
+    seen = _load_and_watch(page, "#presets-load", "#presets-load-feedback", "SmolLM2")
+    assert "loaded in" in seen[-1], seen
+    screen(page, f"load-feedback-presets-{tag}")
     page.context.close()

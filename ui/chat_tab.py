@@ -3,14 +3,13 @@ sampling, and the model bar (load/unload). Wiring only; the logic is in ``ui.cha
 ``ui.conversation_handlers``."""
 from __future__ import annotations
 
-import time
-
 import gradio as gr
 
 from core.options import MAX_PARALLEL, LoadOptions, SamplingOptions
 from ui import chat_handlers as h, conversation_handlers as ch, conversations_panel, share_panel
 from ui.access import require_admin, username
 from ui.context import AppContext
+from ui.load_feedback import wire_load
 from ui.option_widgets import build_widgets, check_on_enter, widget_values
 from ui.status import format_status, status_dict
 
@@ -64,6 +63,7 @@ def build(ctx: AppContext):
                 with gr.Row():
                     load_btn = gr.Button("Load", variant="primary", elem_id="load", size="sm")
                     unload_btn = gr.Button("Unload", elem_id="unload", size="sm")
+                load_line = gr.Markdown(elem_id="load-feedback")
             system_prompt = gr.Textbox(label="System prompt", lines=3, elem_id="system-prompt",
                                        placeholder="Optional: how the assistant should behave")
             with gr.Accordion("Sampling", open=False, elem_id="sampling-accordion"):
@@ -205,29 +205,19 @@ def build(ctx: AppContext):
     # While a model loads in the background the status line follows it, then the timer stops.
     timer = gr.Timer(1.0)
 
-    loading = {}  # what the Load button started, for the status line's elapsed time
-
-    def on_tick():
+    def on_tick(request: gr.Request):
         state = ctx.manager.state()
         settled = state.status != "loading" and (state.status != "empty" or not ctx.settings.load_default_model)
-        text = format_status(state)
-        if state.status == "loading" and loading:
-            text += f" {time.monotonic() - loading['since']:.0f} s"
-        return text, gr.Timer(active=not settled)
+        mine, running = ctx.loads.line(request.session_hash, state)  # this tab's load: its elapsed time
+        return (mine if running else format_status(state)), gr.Timer(active=not settled or running)
 
-    def on_loading(request: gr.Request, name):
-        """Said at once, where the user looks: the model being loaded and the one going away."""
-        if not ctx.settings.is_admin(username(request)) or not isinstance(name, str):
-            return gr.skip(), gr.skip()
-        loading["since"] = time.monotonic()
-        old = ctx.manager.state()
-        going = f" · {old.info.name} is being unloaded" if old.status == "ready" and old.info else ""
-        return f"**Loading** {name[:200]}…{going}", gr.Timer(active=True)
+    def on_started(request: gr.Request):
+        return gr.Timer(active=True)  # the status line follows the load
 
-    load_btn.click(on_loading, model_choice, [status, timer], api_visibility="private", concurrency_id="stop",
-                   concurrency_limit=None).then(
-        on_load, [model_choice, *[load_widgets[n] for n in h.LOAD_FIELDS]], status, api_name="load_model",
-        concurrency_limit=1, concurrency_id="model-admin", show_progress="hidden")  # not dimmed while it loads
+    load_btn.click(on_started, None, timer, api_visibility="private", queue=False)
+    wire_load(ctx, load_btn, model_choice, lambda name: name if isinstance(name, str) and name else None, on_load,
+              [model_choice, *[load_widgets[n] for n in h.LOAD_FIELDS]], [status], load_line, also=[status],
+              api_name="load_model", concurrency_limit=1, concurrency_id="model-admin")
 
     timer.tick(on_tick, None, [status, timer], api_visibility="private", queue=False)
     # Each user's latest conversation comes back when the page opens (the store keys it by login name).

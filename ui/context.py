@@ -11,6 +11,7 @@ from core.model_catalog import ModelCatalog
 from core.plan import Plan
 from core.settings import AppSettings
 from core.sharing import ShareConfirmation
+from ui.load_feedback import LoadRuns
 
 
 class CancelRegistry:
@@ -93,6 +94,8 @@ class AppContext:
     planning: Optional[Any] = None
     # Turning sharing on without logins needs a code printed in the app's terminal (issue 13).
     share_confirmation: ShareConfirmation = field(default_factory=ShareConfirmation)
+    # Each browser session's latest load, for the "Loading <model>… N s" line by its Load button.
+    loads: LoadRuns = field(default_factory=LoadRuns)
 
     def __post_init__(self) -> None:
         if self.planning is None and self.hardware is not None:

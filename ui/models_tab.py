@@ -13,6 +13,7 @@ from ui import models_handlers as h
 from ui import cluster_panel, quality_panel, remote_panel
 from ui.access import require_admin
 from ui.context import AppContext
+from ui.load_feedback import wire_load
 
 TAB_ID = "models"
 
@@ -54,6 +55,7 @@ def build(ctx: AppContext, services: Optional[h.ModelsServices] = None) -> Calla
         reveal_btn = gr.Button("Show path", elem_id="library-reveal", scale=1)
         delete_btn = gr.Button("Delete…", variant="stop", elem_id="library-delete", scale=1)
         refresh_btn = gr.Button("Refresh", elem_id="library-refresh", scale=1)
+    load_line = gr.Markdown(elem_id="library-load-feedback")
     path = gr.Textbox(label="Path on disk", interactive=False, elem_id="library-path")
     with gr.Row(visible=False, elem_id="library-confirm-row") as confirm_row:
         confirm_text = gr.Markdown(elem_id="library-confirm-text")
@@ -101,9 +103,9 @@ def build(ctx: AppContext, services: Optional[h.ModelsServices] = None) -> Calla
     cancel_btn.click(h.cancel, job, note, api_name="cancel_download", concurrency_id="quick", concurrency_limit=None)
     refresh_btn.click(on_refresh, None, [library, lib_choice], api_name="library", concurrency_limit=2,
                       concurrency_id="library")
-    load_btn.click(on_load, lib_choice, lib_status, api_name="load_library_model",
-                   concurrency_limit=1, concurrency_id="model-admin").then(
-        on_refresh, None, [library, lib_choice], api_visibility="private")
+    wire_load(ctx, load_btn, lib_choice, lambda name: name if isinstance(name, str) and name else None, on_load,
+              [lib_choice], [lib_status], load_line, api_name="load_library_model", concurrency_limit=1,
+              concurrency_id="model-admin").then(on_refresh, None, [library, lib_choice], api_visibility="private")
     reveal_btn.click(on_reveal, lib_choice, path, api_name="reveal_model", concurrency_id="quick",
                      concurrency_limit=None)
     delete_btn.click(on_ask_delete, lib_choice, [confirm_text, pending_delete, confirm_row], api_name="ask_delete",

@@ -180,6 +180,14 @@ def preset_sampling(preset: Preset) -> list[Any]:
     return [value if name in given else gr.skip() for name, value in zip(SAMPLING_FIELDS, shown)]
 
 
+def preset_name(ctx: AppContext, key: Any) -> Optional[str]:
+    """The name a load of preset ``key`` shows (None: not a preset)."""
+    if not isinstance(key, str):
+        return None
+    preset = load_all_presets(ctx)[0].get(key)
+    return preset.name if preset is not None else None
+
+
 def load_preset(ctx: AppContext, key: Any, goal_label: Any = "Fastest") -> tuple[Any, ...]:
     """Load a preset with the plan the table shows for this machine: the same plan, applied as is.
     Returns the status line, then the preset's sampling values for the chat (``preset_sampling``)."""

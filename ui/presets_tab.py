@@ -7,6 +7,7 @@ import gradio as gr
 from ui import presets_handlers as h
 from ui.access import require_admin
 from ui.context import AppContext
+from ui.load_feedback import wire_load
 
 
 def build(ctx: AppContext) -> None:
@@ -19,12 +20,14 @@ def build(ctx: AppContext) -> None:
         goal = gr.Radio(list(h.GOALS), value="Fastest", label="Goal", elem_id="presets-goal", scale=2)
         refresh_btn = gr.Button("Refresh", elem_id="presets-refresh", size="sm", scale=1)
     hardware = gr.Markdown(elem_id="presets-hardware")
-    table = gr.HTML(elem_id="presets-table")
-    problems = gr.Markdown(elem_id="presets-problems")
+    # Load above the table: its result shows by the button, not below a long table.
     with gr.Row():
         choice = gr.Dropdown(label="Preset to load (on this machine)", elem_id="presets-choice", scale=4)
         load_btn = gr.Button("Load", variant="primary", elem_id="presets-load", scale=1)
+    load_line = gr.Markdown(elem_id="presets-load-feedback")
     status = gr.Markdown(elem_id="presets-status")
+    table = gr.HTML(elem_id="presets-table")
+    problems = gr.Markdown(elem_id="presets-problems")
 
     def on_refresh(machine_label, goal_label):
         return h.refresh(ctx, machine_label, goal_label)
@@ -42,7 +45,8 @@ def build(ctx: AppContext) -> None:
         # the Chat tab owns them).
         by_id = {b.elem_id: b for b in app.blocks.values() if getattr(b, "elem_id", None)}
         sampling = [by_id[f"sampling-{name}"] for name in h.SAMPLING_FIELDS]
-        load_btn.click(on_load, [choice, goal], [status, *sampling], api_name="load_preset", concurrency_limit=1,
-                       concurrency_id="model-admin")
+        wire_load(ctx, load_btn, choice, lambda key: h.preset_name(ctx, key), on_load, [choice, goal],
+                  [status, *sampling], load_line, api_name="load_preset", concurrency_limit=1,
+                  concurrency_id="model-admin")
         tabs["presets"].select(on_refresh, inputs, outputs, api_visibility="private")
     return wire
