@@ -157,6 +157,14 @@ def edit(ctx: AppContext, session: str, index: Any, new_text: Any, history: Any,
     yield from _stream_updates(ctx, session, history, system_prompt, sampling_values)
 
 
+def message_index(value: Any) -> Any:
+    """A message index as API clients send it (JSON numbers may arrive as 2.0); anything else is
+    left for ``edit_user_message`` to refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 PendingEdit = tuple[int, str, int, bool]  # (message index, new text, chat length when asked, confirmed)
 
 

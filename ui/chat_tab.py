@@ -45,6 +45,10 @@ def build(ctx: AppContext):
                 continue_btn = gr.Button("Continue", elem_id="continue", size="sm", scale=1)
             # The API's /send: the message is the text sent (the UI takes it from the box first).
             send_api = gr.Button("send", visible=False, elem_id="send-api")
+            # The API's /edit: message index and new text; it runs at once (the caller has decided).
+            edit_api = gr.Button("edit", visible=False, elem_id="edit-api")
+            edit_index = gr.Number(visible=False, precision=0, label="Message index", elem_id="edit-api-index")
+            edit_text = gr.Textbox(visible=False, label="New text", elem_id="edit-api-text")
         with gr.Column(scale=1, min_width=300):
             with gr.Accordion("Model", open=False, elem_id="model-accordion"):
                 catalog = ctx.catalog()
@@ -117,6 +121,12 @@ def build(ctx: AppContext):
             return
         yield from saving(request, cur, system, h.run_edit(ctx, request.session_hash, pending, hist, system, sampling))
 
+    def on_edit_api(request: gr.Request, index, text, hist, cur, system, *sampling):
+        """gradio_client's /edit in one call: validated, later turns dropped, the reply streamed.
+        The browser's edit asks first instead (``on_edit_ask``): its answer is per-session state."""
+        yield from saving(request, cur, system, h.edit(ctx, request.session_hash, h.message_index(index), text,
+                                                      hist, system, sampling))
+
     def on_flip(step):
         def flip(request: gr.Request, hist, cur, system):
             yield from saving(request, cur, system, iter([h.flip(hist, step)]))
@@ -179,8 +189,10 @@ def build(ctx: AppContext):
     asked = [pending_edit, edit_row, edit_note, chatbot]
     edit_run = dict(fn=on_edit_run, inputs=[pending_edit, *chat_inputs], outputs=stream_outputs, **common)
     chatbot.edit(on_edit_ask, history, asked, api_visibility="private", concurrency_id="stop",
-                 concurrency_limit=None).then(api_name="edit", **edit_run).then(**refresh).then(
+                 concurrency_limit=None).then(api_visibility="private", **edit_run).then(**refresh).then(
         on_status, None, status, api_visibility="private")
+    edit_api.click(on_edit_api, [edit_index, edit_text, *chat_inputs], stream_outputs, api_name="edit",
+                   **common).then(**refresh)
     edit_yes.click(lambda p: (h.confirm_edit(p), gr.Row(visible=False)), pending_edit, [pending_edit, edit_row],
                    api_visibility="private", concurrency_id="stop", concurrency_limit=None).then(
         api_visibility="private", **edit_run).then(**refresh).then(on_status, None, status, api_visibility="private")
