@@ -101,6 +101,41 @@ def test_copy_copies_the_reply_without_its_stats(browser, app):
     page.context.close()
 
 
+# A page over plain http from another machine (LAN sharing) is no secure context: no
+# navigator.clipboard, and Gradio copies through a hidden textarea and execCommand("copy").
+NO_CLIPBOARD_API = """
+delete Navigator.prototype.clipboard;
+window.__copied = [];
+window.addEventListener('copy', (e) => {
+  const t = e.target, set = e.clipboardData && e.clipboardData.getData('text/plain');
+  window.__copied.push(set || (t && t.value !== undefined ? t.value.substring(t.selectionStart, t.selectionEnd)
+                                                           : String(getSelection())));
+});
+"""
+
+
+def test_copy_without_a_clipboard_api_leaves_out_the_stats_too(browser, app):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.add_init_script(NO_CLIPBOARD_API)
+    page = context.new_page()
+    page.goto(app.url)
+    page.wait_for_selector("#message textarea")
+    assert page.evaluate("'clipboard' in navigator") is False
+    set_max_tokens(page, 8)
+    page.click("#new-chat")
+    wait_for(lambda: page.locator('#chatbot [data-testid="user"]').count() == 0, 5, "an empty chat")
+    page.fill("#message textarea", "Say hello.")
+    page.click("#send")
+    wait_for(lambda: "tok/s" in stats_line(page), 60, "the reply")
+    bot = page.locator('#chatbot [data-testid="bot"]').last
+    bot.hover()
+    page.locator('#chatbot button[aria-label="Copy message"], #chatbot button[title="Copy message"]').last.click()
+    copied = wait_for(lambda: page.evaluate("window.__copied"), 5, "a copy")[-1]
+    assert copied.strip() and "<sub>" not in copied and "tok/s" not in copied, copied
+    assert copied.strip() in bot.inner_text()
+    context.close()
+
+
 def test_presets_table_scrolls_in_its_own_box_on_a_phone(browser, app):
     page = open_page(browser, app, width=390, height=844)
     tab = page.get_by_role("tab", name="Presets")

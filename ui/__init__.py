@@ -49,11 +49,21 @@ PAGE_JS = r"""
   document.addEventListener('click', (e) => {
     if (e.target.closest && e.target.closest('#send, #new-chat')) setTimeout(() => box() && box().focus(), 50);
   }, true);
+  const strip = (text) => text.replace(/\n*<sub>[^<\n]*<\/sub>/g, '');
   if (navigator.clipboard && navigator.clipboard.writeText) {
     const write = navigator.clipboard.writeText.bind(navigator.clipboard);
-    navigator.clipboard.writeText = (text) =>
-      write(typeof text === 'string' ? text.replace(/\n*<sub>[^<\n]*<\/sub>/g, '') : text);
+    navigator.clipboard.writeText = (text) => write(typeof text === 'string' ? strip(text) : text);
   }
+  // No clipboard API (plain http from another machine): Gradio copies a hidden textarea it adds
+  // to <body> with execCommand("copy"); the copy event lets us put the text without stats instead.
+  document.addEventListener('copy', (e) => {
+    const t = e.target;
+    if (t && t.tagName === 'TEXTAREA' && t.parentElement === document.body && e.clipboardData
+        && /<sub>/.test(t.value)) {
+      e.clipboardData.setData('text/plain', strip(t.value));
+      e.preventDefault();
+    }
+  }, true);
 }
 """
 
