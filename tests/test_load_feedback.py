@@ -69,7 +69,8 @@ def _parent_children(app, block):
 
 
 @pytest.mark.parametrize("button_id, line_id", [("load", "load-feedback"), ("library-load", "library-load-feedback"),
-                                                ("presets-load", "presets-load-feedback")])
+                                                ("presets-load", "presets-load-feedback"),
+                                                ("remote-load", "remote-load-feedback")])
 def test_each_load_button_has_its_line_right_under_it_and_starts_it_at_once(app, button_id, line_id):
     button, line = by_id(app, button_id), by_id(app, line_id)
     assert isinstance(line, gr.Markdown)
@@ -79,5 +80,6 @@ def test_each_load_button_has_its_line_right_under_it_and_starts_it_at_once(app,
     (start,) = [d for d in deps(app) if (button._id, "click") in d.targets and line in d.outputs]
     assert start.concurrency_limit is None, "the line's first words would wait behind other work"
     (load,) = [d for d in deps(app) if d.api_name == {"load": "load_model", "library-load": "load_library_model",
-                                                       "presets-load": "load_preset"}[button_id]]
+                                                       "presets-load": "load_preset",
+                                                       "remote-load": "load_remote_model"}[button_id]]
     assert load.trigger_after == start._id, "the load does not follow the line's first words"

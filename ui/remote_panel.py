@@ -7,6 +7,7 @@ import gradio as gr
 
 from ui import remote_handlers as rh
 from ui.context import AppContext
+from ui.load_feedback import wire_load
 
 
 def build(ctx: AppContext) -> Callable[[gr.Blocks, dict], None]:
@@ -29,6 +30,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks, dict], None]:
                             elem_id="remote-timeout", scale=2)
         load_btn = gr.Button("Load", variant="primary", elem_id="remote-load", scale=1)
         remove_btn = gr.Button("Remove", variant="stop", elem_id="remote-remove", scale=1)
+    load_line = gr.Markdown(elem_id="remote-load-feedback")
     status = gr.Markdown(elem_id="remote-status")
 
     def on_add(request: gr.Request, name_text, url_text, key_text):
@@ -51,9 +53,9 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks, dict], None]:
                   concurrency_limit=1, concurrency_id="remote-admin")
     list_btn.click(on_list, picked, [status, model], api_name="list_remote_models", concurrency_limit=2,
                    concurrency_id="remote-list")
-    load_btn.click(on_load, [picked, model, timeout], status, api_name="load_remote_model", concurrency_limit=1,
-                   concurrency_id="model-admin").then(on_refresh, None, [endpoints, picked],
-                                                      api_visibility="private")
+    wire_load(ctx, load_btn, model, lambda m: m.strip() if isinstance(m, str) and m.strip() else None, on_load,
+              [picked, model, timeout], [status], load_line, api_name="load_remote_model", concurrency_limit=1,
+              concurrency_id="model-admin").then(on_refresh, None, [endpoints, picked], api_visibility="private")
     remove_btn.click(on_remove, picked, [status, endpoints, picked], api_name="remove_remote",
                      concurrency_limit=1, concurrency_id="remote-admin")
     return lambda app, tabs: tabs["models"].select(on_refresh, None, [endpoints, picked], api_visibility="private",
