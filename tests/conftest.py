@@ -157,6 +157,31 @@ def running_app(tmp_path_factory, bad_models):
     app.stop()
 
 
+@pytest.fixture(scope="module")
+def app(request, tmp_path_factory):
+    """The app with the embedded model loaded, one per test module (its data folder named after the
+    module). A module's ``APP_ARGS`` are the command line (default: a 2048-token context); a module
+    that needs another app (no model, bad models, planted secrets) defines its own ``app``."""
+    args = getattr(request.module, "APP_ARGS", ("--ctx", "2048"))
+    running = start_app(list(args), tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]))
+    try:
+        running.wait_model_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def server(embedded_model):
+    """llama-cpp-python's own ``llama_cpp.server`` on the embedded model (tests/remote_servers.py),
+    one per test module: the remote engine of the remote-backend tests."""
+    from tests.remote_servers import LlamaServer
+
+    srv = LlamaServer(embedded_model).start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture(scope="session")
 def fake_hub(tmp_path_factory):
     """A local Hugging Face Hub (tests/fake_hub.py) serving the repos of tests/hub_repos.py."""

@@ -10,18 +10,10 @@ import httpx
 import pytest
 
 from core.chat_history import MAX_MESSAGE_CHARS
-from tests.conftest import start_app
 
 pytestmark = pytest.mark.real_model
+APP_ARGS = ("--ctx", "4096")  # the conftest app's command line
 COUNTING = "Count from 1 to 5000, separated by commas: 1, 2, 3, 4, 5, 6,"
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    running = start_app(["--ctx", "4096"], tmp_path_factory.mktemp("api-limits"))
-    running.wait_model_ready()
-    yield running
-    running.stop()
 
 
 def _rss_mib(pid: int) -> float:

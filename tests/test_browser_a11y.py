@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import ARTIFACTS
 from tests.test_browser import bot_text, stats_line, wait_for
-from tests.test_browser_chat_life import app, browser, open_page, set_max_tokens, shot  # noqa: F401 (fixtures)
+from tests.test_browser_chat_life import browser, open_page, set_max_tokens, shot  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 

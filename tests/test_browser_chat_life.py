@@ -9,28 +9,16 @@ import time
 
 import pytest
 
-from tests.conftest import ARTIFACTS, start_app
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, bot_text, stats_line, wait_for
+from tests.conftest import ARTIFACTS
+from tests.test_browser import bot_text, stats_line, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    app = start_app(["--ctx", "2048"], tmp_path_factory.mktemp("chat-life"))
-    app.wait_model_ready()
-    yield app
-    app.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+def browser(chromium):
+    """conftest's Chromium, under the name these tests and the modules importing them use."""
+    return chromium
 
 
 def open_page(browser, app, width=1400, height=1000):

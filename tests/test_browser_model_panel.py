@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ARTIFACTS
 from tests.test_browser import wait_for
-from tests.test_browser_chat_life import app, browser, open_page, shot, toasts  # noqa: F401 (fixtures)
+from tests.test_browser_chat_life import browser, open_page, shot, toasts  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 AT_ONCE_S = 5  # a load takes 3-5 s here; its first words come in well under 1 s on an idle machine

@@ -5,17 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ARTIFACTS, start_app
-from tests.remote_servers import ALIAS, SERVER_KEY, LlamaServer
+from tests.remote_servers import ALIAS, SERVER_KEY
 from tests.test_browser import bot_text, stats_line, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
-
-
-@pytest.fixture(scope="module")
-def server(embedded_model):
-    srv = LlamaServer(embedded_model).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,6 @@ pytestmark = pytest.mark.real_model
 KEY = "test-key-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    running = start_app(["--ctx", "2048"], tmp_path_factory.mktemp("api-data"))
-    running.wait_model_ready()
-    yield running
-    running.stop()
-
-
 MODEL = ""  # the loaded model's name is also accepted; any other name is a 404 (tests/test_openai_sampling.py)
 
 

@@ -11,21 +11,12 @@ import pytest
 from backends.base import UnsupportedRequestError, refuse_unsupported_sampling
 from core.openai_schema import ApiRequestError, ChatCompletionRequest, parse_request
 from core.options import SamplingOptions
-from tests.conftest import start_app
 
 pytestmark = pytest.mark.real_model
 ASK = [{"role": "user", "content": "Describe a cat named Tom who is 3 years old."}]
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
                                            "age": {"type": "integer"}},
           "required": ["name", "age"], "additionalProperties": False}
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    running = start_app(["--ctx", "2048"], tmp_path_factory.mktemp("api-sampling"))
-    running.wait_model_ready()
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from core.settings import AppSettings
 from services.hardware import probe
 from services.local_models import build_catalog
 from services.remote_endpoints import RemoteEndpointStore
-from tests.remote_servers import ALIAS, SERVER_KEY, LlamaServer
+from tests.remote_servers import ALIAS, SERVER_KEY
 from ui import presets_handlers as h
 from ui.context import AppContext
 
@@ -47,13 +47,6 @@ def test_local_backends_refuse_an_endpoint_or_a_bare_model_id():
     for change in ({"endpoint": "box"}, {"model": "some-id"}, {"model": {"id": "some-id"}}, {"quantization": ""}):
         with pytest.raises(PresetError):
             parse_preset({**local, **change}, "x.yaml")
-
-
-@pytest.fixture(scope="module")
-def server(embedded_model):
-    srv = LlamaServer(embedded_model).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

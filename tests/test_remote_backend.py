@@ -28,13 +28,6 @@ def backend_for(url: str, key=SERVER_KEY, **options) -> tuple[RemoteBackend, Loa
     return backend, LoadSpec(ALIAS, RemoteLoadOptions(endpoint="box", **options), backend="remote")
 
 
-@pytest.fixture(scope="module")
-def server(embedded_model):
-    srv = LlamaServer(embedded_model).start()
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture
 def own_server(embedded_model):
     """A server this test may kill, pause or restart."""

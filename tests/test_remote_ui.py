@@ -13,7 +13,7 @@ from backends.remote_engine import backend_for_store
 from core.options import SamplingOptions
 from core.settings import AppSettings
 from services.remote_endpoints import RemoteEndpointStore
-from tests.remote_servers import ALIAS, SERVER_KEY, LlamaServer
+from tests.remote_servers import ALIAS, SERVER_KEY
 from ui import remote_handlers as rh
 from ui.context import AppContext
 
@@ -26,13 +26,6 @@ class _Request:
 
 
 ADMIN, USER = _Request("alice"), _Request("bob")
-
-
-@pytest.fixture(scope="module")
-def server(embedded_model):
-    srv = LlamaServer(embedded_model).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
