@@ -339,15 +339,20 @@ def _socket(response: httpx.Response) -> Optional[socket.socket]:
         return None
 
 
-def _shutdown(response: httpx.Response) -> None:
-    """End the connection now, in both directions: a blocked read returns and the server sees the
-    client gone (a plain close from another thread would wait for the read)."""
+def _shutdown_socket(response: httpx.Response) -> None:
+    """Shut the connection's socket in both directions: a blocked read returns and the server sees
+    the client gone (a plain close from another thread would wait for the read)."""
     sock = _socket(response)
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _shutdown(response: httpx.Response) -> None:
+    """End the connection now (see _shutdown_socket), then close the response."""
+    _shutdown_socket(response)
     try:
         response.close()
     except Exception:  # noqa: BLE001 - closing a connection that is already broken
@@ -358,12 +363,7 @@ def _close_on_cancel(response: httpx.Response, cancel: threading.Event, done: th
     while not done.is_set():
         if cancel.wait(_CANCEL_POLL_S):
             if not done.is_set():
-                sock = _socket(response)
-                if sock is not None:
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                _shutdown_socket(response)
             return
 
 

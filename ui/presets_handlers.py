@@ -213,22 +213,23 @@ def load_preset(ctx: AppContext, key: Any, goal_label: Any = "Fastest") -> tuple
     if entry.plan is None:
         raise gr.Error(f"{preset.name}: {entry.problem}")
     options = applied_options(entry.plan, preset.load_options())
-    try:
-        ctx.manager.load(LoadSpec(entry.local_path, options, backend=preset.backend, display_name=preset.name))
-    except BackendError as exc:
-        gr.Warning(str(exc))
-        return (format_status(ctx.manager.state()), *[gr.skip()] * len(SAMPLING_FIELDS))
-    if preset.sampling.model_fields_set:
-        gr.Info(f"The chat's Sampling settings now follow {preset.name}.")
-    return (format_status(ctx.manager.state()), *preset_sampling(preset))
+    return _load_spec(ctx, preset, LoadSpec(entry.local_path, options, backend=preset.backend,
+                                            display_name=preset.name))
 
 
 def _load_remote(ctx: AppContext, preset: Preset) -> tuple[Any, ...]:
     """A remote preset: no local plan; its model is loaded from its stored endpoint."""
     if preset.endpoint not in _remote_names(ctx):
         raise gr.Error(f"{preset.name}: {remote_problem(preset, ())}.")
+    return _load_spec(ctx, preset, LoadSpec(preset.model.id, preset.load_options(), backend="remote",
+                                            display_name=preset.name))
+
+
+def _load_spec(ctx: AppContext, preset: Preset, spec: LoadSpec) -> tuple[Any, ...]:
+    """Loads ``spec`` for ``preset``: the status, and the chat's Sampling fields following the preset
+    (left as they are when the load fails: a warning says why)."""
     try:
-        ctx.manager.load(LoadSpec(preset.model.id, preset.load_options(), backend="remote", display_name=preset.name))
+        ctx.manager.load(spec)
     except BackendError as exc:
         gr.Warning(str(exc))
         return (format_status(ctx.manager.state()), *[gr.skip()] * len(SAMPLING_FIELDS))
