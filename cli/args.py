@@ -39,7 +39,9 @@ def add_option_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) ->
             parser.add_argument(flag, dest=spec["name"], choices=typing.get_args(annotation),
                                 default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=spec["name"], type=int, default=None, metavar="N",
+            is_float = float in (annotation, *typing.get_args(annotation))
+            parser.add_argument(flag, dest=spec["name"], type=float if is_float else int, default=None,
+                                metavar="X" if is_float else "N",
                                 help=help_text + (f" ({spec['min']}..{spec['max']})" if spec["max"] else ""))
         names.append(spec["name"])
     return names
@@ -57,7 +59,8 @@ def options_from_args(model: type[BaseModel], args: argparse.Namespace, names: l
     try:
         return model(**values)
     except ValidationError as exc:
-        raise UsageError(describe_validation_error(exc, "options")) from None
+        flags = {spec["name"]: spec["cli"] for spec in field_specs(model) if spec["cli"]}
+        raise UsageError(describe_validation_error(exc, "options", flags)) from None
 
 
 def fail(message: str, code: int = 2) -> int:

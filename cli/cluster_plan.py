@@ -14,42 +14,31 @@ import argparse
 import json
 from dataclasses import asdict
 
-from cli.args import OneLineParser, UsageError
-from core.cluster_plan import GGUF_BITS, WEIGHT_BYTES
-from core.cluster_report import plan_deployment, render
+from cli.args import OneLineParser, UsageError, add_option_flags, options_from_args
+from core.cluster_options import ClusterPlanOptions
+from core.cluster_report import plan_with_options, render
 from core.hf_model_shape import ConfigError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     p = OneLineParser(prog="app.py plan --cluster", description="Plan a vLLM / llama-server deployment.")
     p.add_argument("model", help="Hub repo id, config.json, or a folder with config.json")
     p.add_argument("--cluster", required=True, help="a profile from profiles/clusters/ or a YAML file")
-    p.add_argument("--ctx", type=int, help="max model length (default: the model's trained context)")
-    p.add_argument("--weights", choices=sorted(WEIGHT_BYTES), default="bf16", help="checkpoint weight type")
-    p.add_argument("--kv", choices=("auto", "fp8"), default="auto", help="vLLM KV cache dtype")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--goal", choices=("fewest_gpus", "most_users"), default="fewest_gpus")
-    p.add_argument("--gguf-quant", choices=sorted(GGUF_BITS), default="Q4_K_M", help="for the llama-server plan")
-    p.add_argument("--slot-ctx", type=int, default=8192, help="llama-server context per parallel slot")
+    names = add_option_flags(p, ClusterPlanOptions)
     p.add_argument("--json", action="store_true")
-    return p
+    return p, names
 
 
 def run(argv: list[str]) -> int:
     from services.cluster_models import ClusterInputError, load_cluster, read_config
 
-    args = build_parser().parse_args(argv)
-    if args.ctx is not None and not 128 <= args.ctx <= 1 << 24:
-        raise UsageError(f"--ctx must be 128..{1 << 24} (got {args.ctx})")
-    if not 0.1 <= args.gpu_memory_utilization <= 1.0:
-        raise UsageError("--gpu-memory-utilization must be 0.1..1.0")
-    if not 128 <= args.slot_ctx <= 1 << 24:
-        raise UsageError("--slot-ctx must be 128..16777216")
+    parser, names = build_parser()
+    args = parser.parse_args(argv)
+    opts = options_from_args(ClusterPlanOptions, args, names)
     try:
         cluster = load_cluster(args.cluster)
         config, name = read_config(args.model)
-        dep = plan_deployment(config, name, cluster, args.ctx, args.weights, args.kv, args.gpu_memory_utilization,
-                              args.goal, args.gguf_quant, args.slot_ctx)
+        dep = plan_with_options(config, name, cluster, opts)
     except (ClusterInputError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
     if args.json:

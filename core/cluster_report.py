@@ -4,10 +4,13 @@ kind both show it: the vLLM layouts (TP x PP) with the chosen one and its ``vllm
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from core.cluster_plan import (DEFAULT_UTILIZATION, GIB, ClusterProfile, KvDtype, LlamaServerPlan, VllmPlan,
                                WeightDtype, model_from_config, plan_llama_server, plan_vllm)
+
+if TYPE_CHECKING:
+    from core.cluster_options import ClusterPlanOptions
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,12 @@ def plan_deployment(config: dict, name: str, cluster: ClusterProfile, max_model_
     model = model_from_config(config, name, weights)
     plan = plan_vllm(model, cluster, max_model_len, utilization, kv_dtype, goal, repo=name)
     return Deployment(name, cluster, plan, plan_llama_server(model, cluster, gguf_quant, slot_ctx))
+
+
+def plan_with_options(config: dict, name: str, cluster: ClusterProfile, opts: "ClusterPlanOptions") -> Deployment:
+    """``plan_deployment`` with the options as the CLI and the Models tab take them."""
+    return plan_deployment(config, name, cluster, opts.max_model_len, opts.weights, opts.kv_dtype,
+                           opts.gpu_memory_utilization, opts.goal, opts.gguf_quant, opts.slot_ctx)
 
 
 def render(dep: Deployment) -> str:

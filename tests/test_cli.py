@@ -17,7 +17,7 @@ def run_app(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["--port", "0"], "--port must be 1..65535"),
     (["--port", "abc"], "invalid int value"),
     (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--ctx", "10000000"], "n_ctx"),
+    (["--ctx", "10000000"], "--ctx must be at most 1,048,576"),  # the flag the user typed, not the field
     (["--kv", "q8_0", "--no-flash-attn"], "flash attention"),
     (["--kv", "fp8"], "invalid choice"),
     (["--model", "/nonexistent/model.gguf"], "--model: model file not found"),

@@ -213,28 +213,51 @@ def test_show_path_is_admin_only_in_the_handler(tmp_path):
         manager.close()
 
 
+def _cluster_options(**changes) -> list:
+    """The cluster panel's option widgets as the browser sends them (defaults, then ``changes``)."""
+    from core.cluster_options import ClusterPlanOptions
+    from ui import cluster_panel
+    from ui.option_widgets import widget_values
+
+    values = dict(zip(cluster_panel.OPTION_FIELDS,
+                      widget_values(ClusterPlanOptions, ClusterPlanOptions(), cluster_panel.OPTION_FIELDS)))
+    return [changes.get(name, values[name]) for name in cluster_panel.OPTION_FIELDS]
+
+
 def test_cluster_machine_kind_plans_a_hub_model_as_the_cli_does(svc, fake_hub):
-    from core.cluster_report import plan_deployment, render
+    from core.cluster_options import ClusterPlanOptions
+    from core.cluster_report import plan_deployment, plan_with_options, render
     from services.cluster_models import load_cluster, read_hub_config
     from ui import cluster_panel
 
-    text = cluster_panel.plan(svc.hub, "h100-1x8", SAFETENSORS, "bf16")
+    text = cluster_panel.plan(svc.hub, "h100-1x8", SAFETENSORS, *_cluster_options())
     assert text.startswith(f"{SAFETENSORS} on 1 node x 8 H100") and " * TP  1 x PP 1" in text
     assert f"vllm serve {SAFETENSORS}" in text and "llama-server" in text and "tok/s/stream" in text
     assert [r.path for r in fake_hub.log if "/resolve/" in r.path and r.path.endswith(".safetensors")] == []
     # the same text as `app.py plan --cluster` for the same config.json
     config, _ = read_hub_config(SAFETENSORS, svc.hub)
     assert text == render(plan_deployment(config, SAFETENSORS, load_cluster("h100-1x8")))
+    # every option the CLI has reaches the plan from the panel
+    chosen = dict(max_model_len=4096, weights="int4", kv_dtype="fp8", gpu_memory_utilization=0.5, goal="most_users",
+                  gguf_quant="Q8_0", slot_ctx=2048)
+    shown = cluster_panel.plan(svc.hub, "h100-1x8", SAFETENSORS,
+                               *_cluster_options(**{**chosen, "max_model_len": " 4096 "}))
+    assert shown == render(plan_with_options(config, SAFETENSORS, load_cluster("h100-1x8"), ClusterPlanOptions(**chosen)))
+    assert shown != text and "--max-model-len 4096" in shown and "--kv-cache-dtype fp8" in shown
 
 
-@pytest.mark.parametrize("cluster, repo, weights, why", [
-    ("nope", SAFETENSORS, "bf16", "Pick a cluster profile"), (["h100-1x8"], SAFETENSORS, "bf16", "Pick a cluster"),
-    ("h100-1x8", "../../etc", "bf16", "owner/name"), ("h100-1x8", "profiles/clusters", "fp7", "weight type"),
-    ("h100-1x8", None, "bf16", "owner/name"), ("h100-1x8", TINY, "bf16", "has no config.json"),
-    ("h100-1x8", "test-org/Missing", "bf16", "Cannot plan test-org/Missing"),
+@pytest.mark.parametrize("cluster, repo, options, why", [
+    ("nope", SAFETENSORS, {}, "Pick a cluster profile"), (["h100-1x8"], SAFETENSORS, {}, "Pick a cluster"),
+    ("h100-1x8", "../../etc", {}, "owner/name"), ("h100-1x8", SAFETENSORS, {"weights": "fp7"}, "Checkpoint weights"),
+    ("h100-1x8", None, {}, "owner/name"), ("h100-1x8", TINY, {}, "has no config.json"),
+    ("h100-1x8", "test-org/Missing", {}, "Cannot plan test-org/Missing"),
+    ("h100-1x8", SAFETENSORS, {"max_model_len": "10"}, "Max model length \\(tokens\\) must be at least 128"),
+    ("h100-1x8", SAFETENSORS, {"max_model_len": "lots"}, "whole number"),
+    ("h100-1x8", SAFETENSORS, {"gpu_memory_utilization": 3}, "GPU memory utilization must be at most 1"),
+    ("h100-1x8", SAFETENSORS, {"slot_ctx": float("nan")}, "Context per slot"),
 ])
-def test_cluster_machine_kind_refuses_bad_input_with_a_message(svc, cluster, repo, weights, why):
+def test_cluster_machine_kind_refuses_bad_input_with_a_message(svc, cluster, repo, options, why):
     from ui import cluster_panel
 
     with pytest.raises(gr.Error, match=why):
-        cluster_panel.plan(svc.hub, cluster, repo, weights)
+        cluster_panel.plan(svc.hub, cluster, repo, *_cluster_options(**options))

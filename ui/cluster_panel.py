@@ -8,26 +8,28 @@ from typing import Any
 
 import gradio as gr
 
-from core.cluster_plan import WEIGHT_BYTES
-from core.cluster_report import plan_deployment, render
+from core.cluster_options import ClusterPlanOptions
+from core.cluster_report import plan_with_options, render
 from core.hf_model_shape import ConfigError
 from core.presets import REPO_ID
 from services.cluster_models import ClusterInputError, cluster_names, load_cluster, read_hub_config
+from ui.option_widgets import build_widgets, options_from_values
 
-WEIGHTS = tuple(WEIGHT_BYTES)
+OPTION_FIELDS = tuple(ClusterPlanOptions.model_fields)
 
 
-def plan(hub: Any, cluster: Any, repo: Any, weights: Any = "bf16") -> str:
-    """The deployment text for ``repo`` (a Hub id only: never a local path) on the profile ``cluster``."""
+def plan(hub: Any, cluster: Any, repo: Any, *option_values: Any) -> str:
+    """The deployment text for ``repo`` (a Hub id only: never a local path) on the profile ``cluster``;
+    ``option_values``: the panel's option widgets in ``OPTION_FIELDS`` order (none: the defaults)."""
     if not isinstance(cluster, str) or cluster not in cluster_names():
         raise gr.Error("Pick a cluster profile from the list.")
-    if weights not in WEIGHT_BYTES:
-        raise gr.Error(f"Pick the checkpoint's weight type ({', '.join(WEIGHTS)}).")
+    opts = (options_from_values(ClusterPlanOptions, OPTION_FIELDS, option_values, "cluster plan options")
+            if option_values else ClusterPlanOptions())
     if not isinstance(repo, str) or not REPO_ID.match(repo.strip()) or ".." in repo:
         raise gr.Error("Enter or open a Hub repository (owner/name) of a transformers model above.")
     try:
         config, name = read_hub_config(repo.strip(), hub)
-        return render(plan_deployment(config, name, load_cluster(cluster), weights=weights))
+        return render(plan_with_options(config, name, load_cluster(cluster), opts))
     except (ClusterInputError, ConfigError) as exc:
         raise gr.Error(f"Cannot plan {repo.strip()} on {cluster}: {exc}") from None
 
@@ -38,13 +40,14 @@ def build(hub: Any, repo: gr.Dropdown) -> None:
                 "llama-server on one of its nodes. Only its config.json is read.")
     with gr.Row(equal_height=True):
         cluster = gr.Dropdown(cluster_names(), value=None, label="Cluster profile", elem_id="cluster-profile", scale=3)
-        weights = gr.Radio(list(WEIGHTS), value="bf16", label="Checkpoint weights", elem_id="cluster-weights",
-                           scale=4)
         plan_btn = gr.Button("Plan on cluster", elem_id="cluster-plan-btn", scale=1)
+    with gr.Accordion("Plan options", open=False, elem_id="cluster-options"):
+        with gr.Row():
+            widgets = build_widgets(ClusterPlanOptions, elem_prefix="cluster-")
     out = gr.Code(label="Deployment plan", language=None, interactive=False, elem_id="cluster-plan")
 
-    def on_plan(cluster_name, repo_text, weight_type):
-        return plan(hub, cluster_name, repo_text, weight_type)
+    def on_plan(cluster_name, repo_text, *values):
+        return plan(hub, cluster_name, repo_text, *values)
 
-    gr.on([plan_btn.click, cluster.select], on_plan, [cluster, repo, weights], out, api_name="plan_cluster",
-          concurrency_limit=4, concurrency_id="hub")
+    gr.on([plan_btn.click, cluster.select], on_plan, [cluster, repo, *(widgets[n] for n in OPTION_FIELDS)], out,
+          api_name="plan_cluster", concurrency_limit=4, concurrency_id="hub")
