@@ -19,8 +19,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from backends.base import (BackendError, ChatStream, NotLoadedError, PromptTooLongError, TemplateError,
                            UnsupportedRequestError)
 from backends.turns import BusyError
-from core.openai_schema import (ApiRequestError, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_response,
-                                completion_response, error_body, new_id, parse_request, usage, FINISH)
+from core.openai_schema import (ApiRequestError, ChatCompletionRequest, CompletionLogprobs, CompletionRequest,
+                                chat_chunk, chat_logprobs, chat_response, completion_response, error_body, new_id,
+                                parse_request, usage, FINISH)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -153,26 +154,37 @@ def install(app: FastAPI, manager, settings: ApiSettings) -> None:
                 await anyio.to_thread.run_sync(stream.close)
                 return _backend_error(exc)
             return StreamingResponse(_stream(request, stream, cancel, request_id, model, shape, body.include_usage,
-                                             first),
+                                             first, _logprob_shaper(body, shape)),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             text = await _collect(request, stream, cancel)
         except BackendError as exc:
             return _backend_error(exc)
         build = chat_response if shape == "chat" else completion_response
-        return build(request_id, model, text, stream.stats)
+        shaper = _logprob_shaper(body, shape)
+        return build(request_id, model, text, stream.stats,
+                     logprobs=shaper(stream.logprobs.take()) if shaper is not None else None)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         return await run(request, lambda data: parse_request(ChatCompletionRequest, data),
-                         lambda body, sampling, cancel: manager.stream_chat(body.chat_messages(), sampling, cancel),
+                         lambda body, sampling, cancel: manager.stream_chat(body.chat_messages(), sampling, cancel,
+                                                                            logprobs=body.logprob_count()),
                          "chat")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         return await run(request, lambda data: parse_request(CompletionRequest, data),
-                         lambda body, sampling, cancel: manager.stream_chat(body.prompt, sampling, cancel),
+                         lambda body, sampling, cancel: manager.stream_chat(body.prompt, sampling, cancel,
+                                                                            logprobs=body.logprob_count()),
                          "text")
+
+
+def _logprob_shaper(body, shape: str) -> Optional[Callable[[list], dict]]:
+    """What turns a reply's token entries into the response's ``logprobs`` (None: not asked for)."""
+    if body.logprob_count() is None:
+        return None
+    return chat_logprobs if shape == "chat" else CompletionLogprobs(body.prompt).block
 
 
 _DISCONNECT_POLL_S = 0.25
@@ -213,9 +225,14 @@ async def _collect(request: Request, stream: ChatStream, cancel: threading.Event
 
 
 async def _stream(request: Request, stream: ChatStream, cancel: threading.Event, request_id: str, model: str,
-                  shape: str, include_usage: bool, first: Optional[str] = None) -> AsyncIterator[bytes]:
+                  shape: str, include_usage: bool, first: Optional[str] = None,
+                  shaper: Optional[Callable[[list], dict]] = None) -> AsyncIterator[bytes]:
     done = object()
     pending = first
+
+    def logprobs() -> Optional[dict]:  # the entries of the text read so far (the producer adds them first)
+        return shaper(stream.logprobs.take()) if shaper is not None else None
+
     try:
         if shape == "chat":
             yield _sse(chat_chunk(request_id, model, {"role": "assistant", "content": ""}))
@@ -233,6 +250,10 @@ async def _stream(request: Request, stream: ChatStream, cancel: threading.Event,
                 break
             if delta is done:
                 finish = FINISH.get(stream.stats.finish_reason, "stop") if stream.stats else "stop"
+                rest = logprobs()  # entries that came after the last text (a token cut by a stop string)
+                if rest is not None and (rest.get("content") or rest.get("tokens")):
+                    yield _sse(chat_chunk(request_id, model, {"content": ""}, logprobs=rest) if shape == "chat"
+                               else completion_response(request_id, model, "", None, chunk=True, logprobs=rest))
                 if shape == "chat":
                     yield _sse(chat_chunk(request_id, model, {}, finish))
                     if include_usage:
@@ -242,9 +263,9 @@ async def _stream(request: Request, stream: ChatStream, cancel: threading.Event,
                 yield _sse("[DONE]")
                 break
             if shape == "chat":
-                yield _sse(chat_chunk(request_id, model, {"content": delta}))
+                yield _sse(chat_chunk(request_id, model, {"content": delta}, logprobs=logprobs()))
             else:
-                yield _sse(completion_response(request_id, model, delta, None, chunk=True))
+                yield _sse(completion_response(request_id, model, delta, None, chunk=True, logprobs=logprobs()))
     finally:
         # Also reached when the client disconnects (the response task is cancelled): stop the
         # generation and release the model, shielded so that the cancellation cannot skip it.

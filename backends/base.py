@@ -8,7 +8,7 @@ import inspect
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Generator, Iterator, Optional, Protocol, Union, runtime_checkable
+from typing import Callable, Generator, Iterator, NamedTuple, Optional, Protocol, Union, runtime_checkable
 
 from core.generation import GenerationProgress, GenerationStats
 from core.options import LOAD_OPTIONS_BY_BACKEND, LoadOptions, SamplingOptions, TransformersLoadOptions
@@ -143,17 +143,62 @@ class ModelInfo:
         return cls(**data)
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
+
+
+class TokenLogprob(NamedTuple):
+    """One generated token: its bytes, its log-probability under the model (a log-softmax of the raw
+    logits, before any sampler step), and the most likely tokens at that position as (bytes, logprob)."""
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+class TokenLogprobs:
+    """The per-token log-probabilities of one reply, when asked for (``stream_chat(..., logprobs=n)``).
+    The producer adds the entries of a delta's tokens before it yields that delta; the consumer takes
+    them after each delta (and once more at the end): the entries taken so far cover the text so far."""
+
+    def __init__(self) -> None:
+        self._entries: list[TokenLogprob] = []
+        self._lock = threading.Lock()
+
+    def add(self, entries) -> None:
+        with self._lock:
+            self._entries.extend(entries)
+
+    def take(self) -> list[TokenLogprob]:
+        with self._lock:
+            entries, self._entries = self._entries, []
+        return entries
+
+
+def check_logprobs(logprobs: Optional[int]) -> None:
+    if logprobs is not None and not (isinstance(logprobs, int) and 0 <= logprobs <= MAX_TOP_LOGPROBS):
+        raise UnsupportedRequestError(f"logprobs must be a number of top tokens from 0 to {MAX_TOP_LOGPROBS}.")
+
+
+def refuse_logprobs(logprobs: Optional[int], backend: str) -> None:
+    """For backends that do not report per-token log-probabilities: say so instead of leaving them out."""
+    if logprobs is not None:
+        raise UnsupportedRequestError(f"logprobs cannot be reported by {backend}; load a GGUF model (llama.cpp) "
+                                      "for them.")
+
+
 class ChatStream(Iterator[str]):
     """An iterator of text deltas. ``progress`` counts tokens as they come (the producer updates
-    it); ``stats`` is set once iteration has finished."""
+    it); ``stats`` is set once iteration has finished; ``logprobs`` receives per-token entries when
+    the reply was asked for them."""
 
     def __init__(self, generator: Generator[str, None, GenerationStats],
                  progress: Optional[GenerationProgress] = None,
-                 on_unstarted_close: Optional[Callable[[], None]] = None) -> None:
+                 on_unstarted_close: Optional[Callable[[], None]] = None,
+                 logprobs: Optional[TokenLogprobs] = None) -> None:
         self._gen = generator
         self.progress = progress or GenerationProgress(started=time.monotonic())
         self.stats: Optional[GenerationStats] = None
         self._on_unstarted_close = on_unstarted_close
+        self.logprobs = logprobs or TokenLogprobs()
 
     def __iter__(self) -> "ChatStream":
         return self
@@ -187,4 +232,6 @@ class Backend(Protocol):
     def unload(self) -> None: ...
 
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
-                    cancel: threading.Event) -> ChatStream: ...
+                    cancel: threading.Event) -> ChatStream:
+        """A backend that can report per-token log-probabilities also takes ``logprobs: Optional[int]``
+        (None: not asked; n: the chosen token's and the n most likely ones), passed only when asked."""

@@ -8,7 +8,8 @@ its slot before the next step. With one slot this is the lean single-reply loop:
 decode, one sample, a cached piece of text.
 
 Replies hand text to their consumer through a queue: ``str`` deltas, then ``GenerationStats`` at the
-end, or an exception.
+end, or an exception; a reply that asked for log-probabilities also gets lists of ``TokenLogprob``,
+each just before the delta that carries those tokens' text (``backends.llama_logprobs``).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Generator, Optional
 
 from backends.base import BackendError, NotLoadedError
+from backends.llama_logprobs import LogprobText, token_logprob
 from backends.llama_sampling import SamplerChain
 from backends.llama_slots import Slot, SlotPool
 from backends.reply_loop import reply_stats
@@ -50,8 +52,11 @@ class Reply:
     """One reply's state, shared by its consumer (``out``, ``closed``) and the loop (the rest)."""
 
     def __init__(self, tokens: list[int], params: SamplingOptions, stops: tuple[str, ...],
-                 cancel: threading.Event, progress: GenerationProgress, sampler: SamplerChain) -> None:
+                 cancel: threading.Event, progress: GenerationProgress, sampler: SamplerChain,
+                 logprobs: Optional[int] = None) -> None:
         self.tokens, self.params, self.cancel, self.progress, self.sampler = tokens, params, cancel, progress, sampler
+        self.top_logprobs = logprobs  # None: not asked for
+        self.logprobs = LogprobText() if logprobs is not None else None
         self.out: queue.SimpleQueue = queue.SimpleQueue()
         self.closed = False    # the consumer went away
         self.done = False      # the loop has sent the end (stats or an error)
@@ -308,8 +313,13 @@ class BatchLoop:
         reply.t_last = now
         p = reply.progress
         p.completion_tokens, p.first_token_at, p.last_token_at = reply.completion, reply.t_first, now
-        delta = reply.stops.push(reply.text.feed(self._piece(token)))
+        text = reply.text.feed(self._piece(token))
+        if reply.logprobs is not None:
+            reply.logprobs.token(self._logprob(reply, token), len(text))
+        delta = reply.stops.push(text)
         if delta:
+            if reply.logprobs is not None and (entries := reply.logprobs.sent(len(delta))):
+                reply.out.put(entries)
             reply.out.put(delta)
         if reply.stops.stopped:
             self._finish(reply, "stop")
@@ -319,6 +329,11 @@ class BatchLoop:
             self._finish(reply, "context")
         else:
             reply.pending = token
+
+    def _logprob(self, reply: Reply, token: int):
+        """From the raw logits of the reply's row, still in place: nothing decodes before the next step."""
+        return token_logprob(self._lc.llama_get_logits_ith(self._ctx, reply.idx), reply.sampler.n_vocab, token,
+                             reply.top_logprobs, self._piece)
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -348,7 +363,10 @@ class BatchLoop:
         if reply.slot is not None:
             self.history.append(ReplyRecord(reply.slot.seq_id, len(reply.tokens), reply.cached, reply.joined_step,
                                             reply.first_step, self.steps, reason))
+        entries = reply.logprobs.end(len(tail), reply.stops.stopped) if reply.logprobs is not None else None
         self._release(reply)
+        if entries:
+            reply.out.put(entries)
         if tail:
             reply.out.put(tail)
         reply.out.put(reply_stats(reply.progress.started, len(reply.tokens), self.n_ctx_seq, reason,

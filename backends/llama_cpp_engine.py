@@ -19,7 +19,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Generator, Optional
 
-from backends.base import BackendError, BufferSize, ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, TemplateError
+from backends.base import (BackendError, BufferSize, ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError,
+                           TemplateError, TokenLogprobs, check_logprobs)
 from backends.llama_batch_loop import BatchLoop, Reply
 from backends.llama_params import llama_params, offload_kqv  # noqa: F401 (offload_kqv: tests import it here)
 from backends.llama_sampling import SamplerChain
@@ -236,11 +237,16 @@ class LlamaCppEngine:
 
     # -- generation ------------------------------------------------------------------------
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
-                    cancel: threading.Event) -> ChatStream:
+                    cancel: threading.Event, logprobs: Optional[int] = None) -> ChatStream:
+        """``logprobs``: None, or report each token's log-probability and the ``logprobs`` most likely
+        tokens at its position (``ChatStream.logprobs``)."""
         if self._loop is None:
             raise NotLoadedError("No model is loaded.")
+        check_logprobs(logprobs)
         progress = GenerationProgress(started=time.monotonic(), n_ctx=self._info.n_ctx)
-        return ChatStream(self._generate(messages, params, cancel, progress), progress)
+        entries = TokenLogprobs()
+        return ChatStream(self._generate(messages, params, cancel, progress, logprobs, entries), progress,
+                          logprobs=entries)
 
     def _describe_decode_failure(self, rc: int) -> str:
         """llama.cpp's buffers are allocated at load, so a failing ``llama_decode`` (an allocation or
@@ -280,19 +286,22 @@ class LlamaCppEngine:
             raise TemplateError(str(exc)) from None
 
     def _generate(self, messages: list[dict] | str, params: SamplingOptions, cancel: threading.Event,
-                  progress: GenerationProgress) -> Generator[str, None, GenerationStats]:
+                  progress: GenerationProgress, logprobs: Optional[int] = None,
+                  entries: Optional[TokenLogprobs] = None) -> Generator[str, None, GenerationStats]:
         loop = self._loop
         tokens = self.tokenize_prompt(messages)
         progress.prompt_tokens = len(tokens)
         check_prompt_fits(len(tokens), progress.n_ctx)
         sampler = SamplerChain(params, self._n_vocab, self._vocab)  # a bad grammar is refused here
-        reply = Reply(tokens, params, self._template.stop, cancel, progress, sampler)
+        reply = Reply(tokens, params, self._template.stop, cancel, progress, sampler, logprobs)
         loop.submit(reply)
         try:
             while True:
                 item = reply.out.get()
                 if isinstance(item, str):
                     yield item
+                elif isinstance(item, list):
+                    entries.add(item)
                 elif isinstance(item, GenerationStats):
                     return item
                 else:

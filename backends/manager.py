@@ -224,16 +224,18 @@ class ModelManager:
         return self._turns.join()
 
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions, cancel: threading.Event,
-                    wait_s: float = 600.0, turn: Optional[Turn] = None) -> ChatStream:
+                    wait_s: float = 600.0, turn: Optional[Turn] = None, logprobs: Optional[int] = None) -> ChatStream:
         """Start a reply (``messages``) or a raw completion (a prompt string). Without a ``turn``,
-        joins the line and waits (up to ``wait_s``, or until cancelled) behind loads and other replies."""
+        joins the line and waits (up to ``wait_s``, or until cancelled) behind loads and other replies.
+        ``logprobs``: report per-token log-probabilities with that many top tokens (``ChatStream.logprobs``)."""
         turn = turn or self._turns.join()
         try:
             self._turns.wait(turn, cancel, wait_s)
             state = self.state()
             if state.status != "ready" or self._backend is None:
                 raise NotLoadedError(self._not_ready_message(state))
-            stream = self._backend.stream_chat(messages, params, cancel)
+            asked = {} if logprobs is None else {"logprobs": logprobs}  # only backends that report them take it
+            stream = self._backend.stream_chat(messages, params, cancel, **asked)
             turn.hand_over()  # the guarded stream releases the lock when the reply ends
         except WorkerCrashed as exc:  # it died while idle, before the watchdog noticed
             turn.leave()
@@ -244,7 +246,8 @@ class ModelManager:
         self._live[id(stream)] = stream.progress
         self._set(generating=True, running=len(self._live))
         # A stream closed before its first item never runs its generator's cleanup: do it then too.
-        return ChatStream(self._guarded(stream), stream.progress, on_unstarted_close=lambda: self._finish(stream))
+        return ChatStream(self._guarded(stream), stream.progress, on_unstarted_close=lambda: self._finish(stream),
+                          logprobs=stream.logprobs)
 
     def _guarded(self, stream: ChatStream) -> Generator[str, None, GenerationStats]:
         try:

@@ -19,7 +19,7 @@ from urllib.parse import urljoin
 import httpx
 
 from backends.base import (BackendError, ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError,
-                           PromptTooLongError)
+                           PromptTooLongError, refuse_logprobs)
 from core.generation import GenerationProgress, GenerationStats, StopMatcher, decode_tokens_per_s
 from core.options import RemoteLoadOptions, SamplingOptions
 from core.remote import (RemoteEndpoint, RemoteProtocolError, context_from_list, context_overflow, error_message,
@@ -213,10 +213,13 @@ class RemoteBackend:
                                f"{exc if isinstance(exc, RemoteProtocolError) else 'not JSON'}.") from None
 
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
-                    cancel: threading.Event) -> ChatStream:
+                    cancel: threading.Event, logprobs: Optional[int] = None) -> ChatStream:
         info, endpoint = self._info, self._endpoint
         if info is None or endpoint is None:
             raise NotLoadedError("No model is loaded.")
+        # Not passed through: remote servers differ in whether and how they report them, and FitChat's
+        # own stop strings cut the text, so their entries could not be kept in step with it.
+        refuse_logprobs(logprobs, "a remote engine")
         progress = GenerationProgress(started=time.monotonic(), n_ctx=info.n_ctx)
         return ChatStream(self._recorded(self._stream(endpoint, self._model, messages, params, cancel, progress)),
                           progress)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Generator, Optional
 
 from backends.base import (ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError, OutOfMemoryError,
-                           TemplateError, refuse_unsupported_sampling)
+                           TemplateError, refuse_logprobs, refuse_unsupported_sampling)
 from backends.reply_loop import Decoding, check_prompt_fits, reply_stats, stream_reply
 from core.chat_template import TemplateRenderError, TemplateSource, choose_template, render_prompt
 # Templates render in a child process under RLIMIT_AS and a wall-clock kill (issue 13).
@@ -190,10 +190,11 @@ class TransformersEngine:
 
     # -- generation ------------------------------------------------------------------------
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
-                    cancel: threading.Event) -> ChatStream:
+                    cancel: threading.Event, logprobs: Optional[int] = None) -> ChatStream:
         if self.model is None:
             raise NotLoadedError("No model is loaded.")
         refuse_unsupported_sampling(params, "the transformers backend")
+        refuse_logprobs(logprobs, "the transformers backend")
         progress = GenerationProgress(started=time.monotonic(), n_ctx=self.plan.n_ctx)
         return ChatStream(self._out_of_memory_reported(self._generate(messages, params, cancel, progress)), progress)
 

@@ -17,11 +17,11 @@ import time
 from collections import deque
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
-from typing import Generator, Optional
+from typing import Callable, Generator, Optional
 
 from backends import worker_protocol as wp
 from backends.base import (ERROR_KINDS, BackendError, ChatStream, LoadSpec, ModelInfo, NotLoadedError,
-                           WorkerCrashed)
+                           TokenLogprob, TokenLogprobs, WorkerCrashed, check_logprobs)
 from core.generation import GenerationProgress, GenerationStats
 from core.options import SamplingOptions
 from services.paths import project_root
@@ -234,48 +234,35 @@ class WorkerBackend:
             self._stop()
 
     def stream_chat(self, messages: list[dict] | str, params: SamplingOptions,
-                    cancel: threading.Event) -> ChatStream:
+                    cancel: threading.Event, logprobs: Optional[int] = None) -> ChatStream:
+        """``logprobs``: None, or the number of most likely tokens to report with each token's own
+        log-probability (``ChatStream.logprobs``; a backend that cannot report them refuses the reply)."""
         if self._proc is None or self._info is None:
             raise NotLoadedError("No model is loaded.")
+        check_logprobs(logprobs)
         progress = GenerationProgress(started=time.monotonic(), n_ctx=self._info.n_ctx)
-        return ChatStream(self._stream(messages, params, cancel, progress), progress)
+        entries = TokenLogprobs()
+        return ChatStream(self._stream(messages, params, cancel, progress, logprobs, entries), progress,
+                          logprobs=entries)
 
     def _stream(self, messages: list[dict] | str, params: SamplingOptions, cancel: threading.Event,
-                progress: GenerationProgress) -> Generator[str, None, GenerationStats]:
-        req_id, inbox = self._open_request()
-        finished = cancel_sent = False
-        try:
-            self._send((wp.CHAT, req_id, messages, params.model_dump()))
-            while True:
-                if cancel.is_set() and not cancel_sent:
-                    self._send((wp.CANCEL, req_id))
-                    cancel_sent = True
-                msg = self._recv(_POLL_S, inbox)
-                if msg is None:
-                    continue
-                if msg[0] == wp.DELTA:
-                    now = time.monotonic()
-                    progress.prompt_tokens, progress.completion_tokens, progress.n_ctx = msg[3:6]
-                    if progress.completion_tokens:
-                        progress.first_token_at = progress.first_token_at or now
-                        progress.last_token_at = now
-                    if msg[2]:  # a DELTA without text carries only the counts
-                        yield msg[2]
-                elif msg[0] == wp.DONE:
-                    finished = True
-                    return GenerationStats.from_dict(msg[2])
-                elif msg[0] == wp.ERROR:
-                    finished = True
-                    raise ERROR_KINDS.get(msg[2], BackendError)(msg[3])
-        finally:
-            if not finished and self._proc is not None:
-                self._abandon(req_id, inbox)
-            self._inboxes.pop(req_id, None)
+                progress: GenerationProgress, logprobs: Optional[int],
+                entries: TokenLogprobs) -> Generator[str, None, GenerationStats]:
+        def on_message(msg: tuple) -> Optional[str]:
+            if msg[0] != wp.DELTA:
+                return None
+            now = time.monotonic()
+            progress.prompt_tokens, progress.completion_tokens, progress.n_ctx = msg[3:6]
+            if progress.completion_tokens:
+                progress.first_token_at = progress.first_token_at or now
+                progress.last_token_at = now
+            if len(msg) > 6:  # this text's tokens' log-probabilities, added before the text is yielded
+                entries.add(TokenLogprob(token, logprob, tuple(map(tuple, top))) for token, logprob, top in msg[6])
+            return msg[2] or None  # a DELTA without text carries only the counts
 
-    def _open_request(self) -> tuple[int, queue.SimpleQueue]:
-        req_id, inbox = next(self._ids), queue.SimpleQueue()
-        self._inboxes[req_id] = inbox
-        return req_id, inbox
+        asked = () if logprobs is None else (logprobs,)  # a worker that knows no logprobs never sees the item
+        done = yield from self._exchange(cancel, on_message, wp.CHAT, messages, params.model_dump(), *asked)
+        return GenerationStats.from_dict(done)
 
     def score_text(self, text: str, opts, cancel: threading.Event, ref: Optional[dict] = None,
                    keep_top: bool = False) -> Generator[tuple, None, bool]:
@@ -285,10 +272,28 @@ class WorkerBackend:
         ``keep_top``: send this model's top-k per position (it is measured as a reference)."""
         if self._proc is None or self._info is None:
             raise NotLoadedError("No model is loaded.")
-        req_id, inbox = self._open_request()
+
+        def on_message(msg: tuple) -> Optional[tuple]:
+            if msg[0] == wp.SCORE_START:
+                return ("start", *msg[2:5])
+            if msg[0] == wp.WINDOW:
+                return ("window", *msg[2:5])
+            return None
+
+        done = yield from self._exchange(cancel, on_message, wp.SCORE, text, opts.model_dump(), ref, keep_top)
+        return bool(done.get("complete"))
+
+    def _exchange(self, cancel: threading.Event, on_message: Callable[[tuple], object],
+                  op: str, *args) -> Generator[object, None, dict]:
+        """One request to the worker, ``(op, req_id, *args)``: yields ``on_message(msg)`` for each of its
+        messages (None yields nothing) until its DONE, whose payload it returns, or its ERROR, which it
+        raises. ``cancel`` is passed on to the worker once; a consumer that leaves early has the worker's
+        work stopped and waited for."""
+        req_id, inbox = next(self._ids), queue.SimpleQueue()
+        self._inboxes[req_id] = inbox
         finished = cancel_sent = False
         try:
-            self._send((wp.SCORE, req_id, text, opts.model_dump(), ref, keep_top))
+            self._send((op, req_id, *args))
             while True:
                 if cancel.is_set() and not cancel_sent:
                     self._send((wp.CANCEL, req_id))
@@ -296,16 +301,15 @@ class WorkerBackend:
                 msg = self._recv(_POLL_S, inbox)
                 if msg is None:
                     continue
-                if msg[0] == wp.SCORE_START:
-                    yield ("start", *msg[2:5])
-                elif msg[0] == wp.WINDOW:
-                    yield ("window", *msg[2:5])
-                elif msg[0] == wp.DONE:
+                if msg[0] == wp.DONE:
                     finished = True
-                    return bool(msg[2].get("complete"))
-                elif msg[0] == wp.ERROR:
+                    return msg[2]
+                if msg[0] == wp.ERROR:
                     finished = True
                     raise ERROR_KINDS.get(msg[2], BackendError)(msg[3])
+                item = on_message(msg)
+                if item is not None:
+                    yield item
         finally:
             if not finished and self._proc is not None:
                 self._abandon(req_id, inbox)

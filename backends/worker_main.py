@@ -91,17 +91,19 @@ class Worker:
         data["worker_pid"] = os.getpid()
         self.send((wp.LOADED, data))
 
-    def handle_chat(self, req_id: int, messages: list, params: dict) -> None:
+    def handle_chat(self, req_id: int, messages: list, params: dict, logprobs=None) -> None:
         if self._running() >= self._capacity() and self._running(wait_s=2) >= self._capacity():
             self.send((wp.ERROR, req_id, "error", "The worker is already generating as many replies as it has "
                                                   "slots for."))
             return
-        self._start_job(req_id, self._run_chat, (messages, params), "chat")
+        self._start_job(req_id, self._run_chat, (messages, params, logprobs), "chat")
 
-    def _run_chat(self, req_id: int, messages: list, params: dict, cancel: threading.Event) -> None:
+    def _run_chat(self, req_id: int, messages: list, params: dict, logprobs, cancel: threading.Event) -> None:
         finished = threading.Event()
         try:
-            stream = self.engine.stream_chat(messages, SamplingOptions(**params), cancel)
+            # logprobs is passed only when asked: an engine without them never sees the argument.
+            asked = {} if logprobs is None else {"logprobs": logprobs}
+            stream = self.engine.stream_chat(messages, SamplingOptions(**params), cancel, **asked)
             sent = {"counts": None}
             threading.Thread(target=self._report_progress, args=(req_id, stream, sent, finished), daemon=True,
                              name=f"progress-{req_id}").start()
@@ -113,11 +115,12 @@ class Worker:
                 now = time.monotonic()
                 if now - last_sent >= _BATCH_S:
                     sent["counts"] = self._counts(stream)
-                    self.send((wp.DELTA, req_id, pending, *sent["counts"]))
+                    self.send((wp.DELTA, req_id, pending, *sent["counts"], *self._entries(stream, logprobs)))
                     pending, last_sent = "", now
             finished.set()
-            if pending:
-                self.send((wp.DELTA, req_id, pending, *self._counts(stream)))
+            entries = self._entries(stream, logprobs)
+            if pending or entries:
+                self.send((wp.DELTA, req_id, pending, *self._counts(stream), *entries))
             self.send((wp.DONE, req_id, stream.stats.to_dict()))
         except (BrokenPipeError, EOFError, OSError):
             os._exit(0)  # the UI process is gone
@@ -169,6 +172,14 @@ class Worker:
                     return
 
     @staticmethod
+    def _entries(stream, logprobs) -> tuple:
+        """A DELTA's optional last item: the log-probability entries of its text's tokens (plain tuples)."""
+        if logprobs is None:
+            return ()
+        entries = stream.logprobs.take()
+        return (list(map(tuple, entries)),) if entries else ()
+
+    @staticmethod
     def _counts(stream) -> tuple[int, int, int]:
         p = stream.progress
         return p.prompt_tokens, p.completion_tokens, p.n_ctx
@@ -184,7 +195,7 @@ class Worker:
             if op == wp.LOAD:
                 self.handle_load(msg[1])
             elif op == wp.CHAT:
-                self.handle_chat(msg[1], msg[2], msg[3])
+                self.handle_chat(msg[1], msg[2], msg[3], msg[4] if len(msg) > 4 else None)
             elif op == wp.SCORE:
                 self.handle_score(msg[1], msg[2], msg[3], msg[4], bool(msg[5]))
             elif op == wp.CANCEL:

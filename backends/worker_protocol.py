@@ -1,9 +1,11 @@
 """Messages between the UI process and the model worker: tuples whose first item is the op.
 
-UI -> worker:  (LOAD, spec_dict) | (CHAT, req_id, messages, sampling_dict) | (CANCEL, req_id) | (SHUTDOWN,)
+UI -> worker:  (LOAD, spec_dict) | (CHAT, req_id, messages, sampling_dict[, logprobs]) | (CANCEL, req_id)
+               | (SHUTDOWN,)     (logprobs: None or the number of top tokens, only when asked)
                | (SCORE, req_id, text, quality_options_dict, reference_or_None, keep_top)   (the quality check)
 worker -> UI:  (READY, pid) | (LOADED, info_dict)
-               | (DELTA, req_id, text, prompt_tokens, completion_tokens, n_ctx)   (text may be "": counts only)
+               | (DELTA, req_id, text, prompt_tokens, completion_tokens, n_ctx[, entries])   (text may be "":
+                 counts only; entries: the text's tokens' (bytes, logprob, ((bytes, logprob), ...)), when asked)
                | (DONE, req_id, stats_dict)
                | (ERROR, req_id_or_None, kind, message) | (BYE,)
                | (SCORE_START, req_id, n_tokens, windows_total, vocab)

@@ -1,19 +1,23 @@
 """OpenAI-compatible request and response shapes (chat completions and completions).
 
 Requests are validated with the same ranges as the UI (``SamplingOptions``); fields OpenAI clients
-commonly send but FitChat cannot honour (``n`` > 1, tools, logprobs) are refused with a message,
+commonly send but FitChat cannot honour (``n`` > 1, tools, echo) are refused with a message,
 harmless ones (``user``, ``stream_options``) accepted. ``presence_penalty``/``frequency_penalty``,
 ``response_format`` (json_object, json_schema) and llama.cpp's ``grammar`` become sampling options;
-a backend that cannot honour them refuses the request (HTTP 400).
+a backend that cannot honour them refuses the request (HTTP 400). ``logprobs``/``top_logprobs`` (chat)
+and ``logprobs: N`` (completions) ask the backend for per-token log-probabilities, shaped here as OpenAI
+shapes them.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from core.chat_history import MAX_MESSAGE_CHARS, MAX_MESSAGES, content_text
 from core.generation import GenerationStats
@@ -41,7 +45,6 @@ class _Request(BaseModel):
     frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
     response_format: Optional[dict[str, Any]] = None
     grammar: Optional[str] = Field(None, max_length=MAX_GRAMMAR_CHARS)  # llama.cpp server's extension
-    logprobs: Optional[bool] = Field(None, description="not supported")
     tools: Optional[list] = Field(None, max_length=0, description="not supported")
     # FitChat extensions, same names as its own options
     top_k: Optional[int] = Field(None, ge=0, le=1000)
@@ -71,12 +74,9 @@ class _Request(BaseModel):
             return json.dumps(self.response_format["json_schema"]["schema"])
         return None
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Optional[bool]) -> Optional[bool]:
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
+    def logprob_count(self) -> Optional[int]:
+        """None: no log-probabilities asked for; n: each token's and its n most likely alternatives'."""
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -110,8 +110,22 @@ class ChatMessageIn(BaseModel):
         return self
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit; backends.base checks the same
+
+
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+    logprobs: Optional[StrictBool] = None
+    top_logprobs: Optional[StrictInt] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def logprob_count(self) -> Optional[int]:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def chat_messages(self) -> list[dict]:
         out = []
@@ -132,6 +146,10 @@ class ChatCompletionRequest(_Request):
 class CompletionRequest(_Request):
     prompt: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
     echo: bool = Field(False, description="not supported")
+    logprobs: Optional[StrictInt] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # the legacy form: how many top tokens
+
+    def logprob_count(self) -> Optional[int]:
+        return self.logprobs
 
     @field_validator("echo")
     @classmethod
@@ -163,29 +181,74 @@ def usage(stats: Optional[GenerationStats]) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def chat_response(request_id: str, model: str, text: str, stats: Optional[GenerationStats]) -> dict:
+def chat_response(request_id: str, model: str, text: str, stats: Optional[GenerationStats],
+                  logprobs: Optional[dict] = None) -> dict:
     return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                          "finish_reason": FINISH.get(stats.finish_reason, "stop") if stats else "stop"}],
             "usage": usage(stats)}
 
 
 def chat_chunk(request_id: str, model: str, delta: dict, finish_reason: Optional[str] = None,
-               usage_data: Optional[dict] = None) -> dict:
+               usage_data: Optional[dict] = None, logprobs: Optional[dict] = None) -> dict:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    if logprobs is not None:
+        choice["logprobs"] = logprobs
     chunk = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if usage_data is None else []}
+             "choices": [choice] if usage_data is None else []}
     if usage_data is not None:
         chunk["usage"] = usage_data
     return chunk
 
 
 def completion_response(request_id: str, model: str, text: str, stats: Optional[GenerationStats],
-                        chunk: bool = False) -> dict:
+                        chunk: bool = False, logprobs: Optional[dict] = None) -> dict:
     return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None,
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs,
                          "finish_reason": (FINISH.get(stats.finish_reason, "stop") if stats else
                                            (None if chunk else "stop"))}],
             **({} if chunk else {"usage": usage(stats)})}
+
+
+# Token entries are (token bytes, logprob, ((bytes, logprob), ...)) as the backend reports them
+# (backends.base.TokenLogprob). A logprob is finite here: raw logits are; the floor only keeps JSON valid.
+def _token_text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def _finite(logprob: float) -> float:
+    return max(float(logprob), -9999.0)
+
+
+def chat_logprobs(entries) -> dict:
+    """OpenAI's ``choices[].logprobs`` of a chat completion (or of one streamed chunk)."""
+    def one(raw: bytes, logprob: float) -> dict:
+        return {"token": _token_text(raw), "logprob": _finite(logprob), "bytes": list(raw)}
+
+    return {"content": [{**one(raw, logprob), "top_logprobs": [one(r, lp) for r, lp in top]}
+                        for raw, logprob, top in entries], "refusal": None}
+
+
+class CompletionLogprobs:
+    """The legacy completions' ``logprobs`` (tokens, token_logprobs, top_logprobs, text_offset), chunk
+    by chunk: ``text_offset`` counts characters from the start of the prompt, as OpenAI's does."""
+
+    def __init__(self, prompt: str) -> None:
+        self._offset = len(prompt)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def block(self, entries) -> dict:
+        out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for raw, logprob, top in entries:
+            out["tokens"].append(_token_text(raw))
+            out["token_logprobs"].append(_finite(logprob))
+            alternatives: dict = {}
+            for r, lp in top:
+                alternatives.setdefault(_token_text(r), _finite(lp))
+            out["top_logprobs"].append(alternatives)
+            out["text_offset"].append(self._offset)
+            self._offset += len(self._decoder.decode(raw))
+        return out
 
 
 def error_body(message: str, kind: str = "invalid_request_error", code: Optional[str] = None) -> dict:
