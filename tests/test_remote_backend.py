@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from backends.base import Backend, BackendError, LoadSpec, ModelLoadError, NotLoadedError
+from backends.base import Backend, BackendError, LoadSpec, ModelLoadError, NotLoadedError, UnsupportedRequestError
 from backends.remote_engine import RemoteBackend
 from core.options import RemoteLoadOptions, SamplingOptions
 from core.remote import make_endpoint
@@ -64,6 +64,14 @@ def test_stop_closes_the_stream_and_frees_the_server(server):
     started = time.monotonic()
     text = "".join(backend.stream_chat(STORY, SHORT, threading.Event()))
     assert text and time.monotonic() - started < 10
+
+
+def test_logprobs_are_refused_not_passed_through(server):
+    backend, spec = backend_for(server.url)
+    backend.load(spec)
+    with pytest.raises(UnsupportedRequestError, match="logprobs cannot be reported by a remote engine"):
+        backend.stream_chat(STORY, SHORT, threading.Event(), logprobs=2)
+    assert "".join(backend.stream_chat(STORY, SHORT, threading.Event()))  # the next reply is unaffected
 
 
 def test_wrong_or_missing_key_is_one_clear_message(server):

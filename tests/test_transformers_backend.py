@@ -15,7 +15,7 @@ import pytest
 
 from core.hf_memory import RuntimeOverhead
 
-from backends.base import LoadSpec, ModelLoadError, TemplateError
+from backends.base import LoadSpec, ModelLoadError, TemplateError, UnsupportedRequestError
 from backends.worker_client import WorkerBackend
 from core.options import LoadOptions, SamplingOptions, TransformersLoadOptions
 from tests.conftest import ESCAPE_TEMPLATE, ROOT
@@ -107,6 +107,14 @@ def test_model_without_template_uses_chatml_fallback(backend, hf_checkpoint, tmp
     assert info.template_origin == "chatml-fallback"
     reply = "".join(backend.stream_chat(CAPITAL, GREEDY, threading.Event()))
     assert reply and "<|im_end|>" not in reply
+    backend.unload()
+
+
+def test_logprobs_are_refused_through_the_worker(backend, hf_checkpoint):
+    backend.load(spec(hf_checkpoint, quantization="bf16"))
+    with pytest.raises(UnsupportedRequestError, match="logprobs cannot be reported by the transformers backend"):
+        list(backend.stream_chat(CAPITAL, GREEDY, threading.Event(), logprobs=0))
+    assert "".join(backend.stream_chat(CAPITAL, GREEDY, threading.Event()))  # the worker stays usable
     backend.unload()
 
 
