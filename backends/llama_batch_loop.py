@@ -28,7 +28,7 @@ from backends.llama_logprobs import LogprobText, token_logprob
 from backends.llama_sampling import SamplerChain
 from backends.llama_slots import Slot, SlotPool
 from backends.reply_loop import reply_stats
-from core.generation import GenerationProgress, StopMatcher, Utf8Assembler
+from core.generation import GenerationProgress, ReasoningCounter, StopMatcher, Utf8Assembler
 from core.options import SamplingOptions
 
 
@@ -67,6 +67,7 @@ class Reply:
         self.chunk: list[int] = []  # tokens this step evaluates for the reply
         self.text = Utf8Assembler()
         self.stops = StopMatcher(tuple(params.stop) + stops)
+        self.think = ReasoningCounter()  # fed only until it knows the reply's <think> block (if any)
         self.completion = 0
         self.t_first: Optional[float] = None
         self.t_last: Optional[float] = None
@@ -314,6 +315,8 @@ class BatchLoop:
         p = reply.progress
         p.completion_tokens, p.first_token_at, p.last_token_at = reply.completion, reply.t_first, now
         text = reply.text.feed(self._piece(token))
+        if reply.think.active:
+            reply.think.feed(text)
         if reply.logprobs is not None:
             reply.logprobs.token(self._logprob(reply, token), len(text))
         delta = reply.stops.push(text)
@@ -370,7 +373,7 @@ class BatchLoop:
         if tail:
             reply.out.put(tail)
         reply.out.put(reply_stats(reply.progress.started, len(reply.tokens), self.n_ctx_seq, reason,
-                                  reply.completion, reply.t_first, reply.t_last, reply.cached))
+                                  reply.completion, reply.t_first, reply.t_last, reply.cached, reply.think.tokens))
 
     def _fail(self, reply: Reply, exc: BaseException, clear_cache: bool = False) -> None:
         if reply in self._waiting:

@@ -20,7 +20,8 @@ import httpx
 
 from backends.base import (BackendError, ChatStream, LoadSpec, ModelInfo, ModelLoadError, NotLoadedError,
                            PromptTooLongError, refuse_logprobs)
-from core.generation import GenerationProgress, GenerationStats, StopMatcher, decode_tokens_per_s
+from core.generation import (GenerationProgress, GenerationStats, ReasoningCounter, StopMatcher,
+                             decode_tokens_per_s)
 from core.options import RemoteLoadOptions, SamplingOptions
 from core.remote import (RemoteEndpoint, RemoteProtocolError, context_from_list, context_overflow, error_message,
                          finish_reason, models_from_list, origin, parse_sse_line, redirect_allowed)
@@ -247,6 +248,7 @@ class RemoteBackend:
                                        name="remote-stop")
             watcher.start()
             matcher = StopMatcher(params.stop)
+            think = ReasoningCounter()  # a chunk counts as a token here, as ``counted`` does
             counted, server_prompt, server_completion, reason = 0, None, None, None
             try:
                 for line in response.iter_lines():
@@ -264,6 +266,8 @@ class RemoteBackend:
                         progress.completion_tokens = counted
                         progress.first_token_at = progress.first_token_at or now
                         progress.last_token_at = now
+                        if think.active:
+                            think.feed(chunk.text)
                         out = matcher.push(chunk.text)
                         if out:
                             yield out
@@ -299,7 +303,8 @@ class RemoteBackend:
                 prompt_tokens=server_prompt or 0, completion_tokens=completion,
                 ttft_s=(first - progress.started) if first else 0.0,
                 decode_tokens_per_s=decode_tokens_per_s(completion, first, progress.last_token_at),
-                total_s=end - progress.started, n_ctx=progress.n_ctx, finish_reason=reason)
+                total_s=end - progress.started, n_ctx=progress.n_ctx, finish_reason=reason,
+                reasoning_tokens=think.tokens)
 
 
 def request_body(model: str, messages: list[dict] | str, params: SamplingOptions) -> dict:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Generator, Optional
 
 from backends.base import PromptTooLongError
-from core.generation import GenerationProgress, GenerationStats, StopMatcher, decode_tokens_per_s
+from core.generation import GenerationProgress, GenerationStats, ReasoningCounter, StopMatcher, decode_tokens_per_s
 from core.options import SamplingOptions
 
 
@@ -31,19 +31,21 @@ def check_prompt_fits(prompt_tokens: int, n_ctx: int) -> None:
 
 
 def reply_stats(started: float, prompt_tokens: int, n_ctx: int, reason: str, completion: int = 0,
-                t_first: Optional[float] = None, t_last: Optional[float] = None, cached: int = 0) -> GenerationStats:
+                t_first: Optional[float] = None, t_last: Optional[float] = None, cached: int = 0,
+                reasoning: int = 0) -> GenerationStats:
     return GenerationStats(
         prompt_tokens=prompt_tokens, completion_tokens=completion,
         ttft_s=round((t_first or time.monotonic()) - started, 4),
         decode_tokens_per_s=round(decode_tokens_per_s(completion, t_first, t_last), 2),
         total_s=round(time.monotonic() - started, 4), n_ctx=n_ctx, finish_reason=reason,
-        cached_prompt_tokens=cached)
+        cached_prompt_tokens=cached, reasoning_tokens=reasoning)
 
 
 def stream_reply(step: Decoding, params: SamplingOptions, template_stop: tuple[str, ...], cancel: threading.Event,
                  progress: GenerationProgress, prompt_tokens: int, n_ctx: int,
                  cached: int = 0) -> Generator[str, None, GenerationStats]:
     stops = StopMatcher(tuple(params.stop) + template_stop)
+    think = ReasoningCounter()
     completion, t_first, t_last, reason = 0, None, None, "stop"
     while True:
         if cancel.is_set():
@@ -57,7 +59,10 @@ def stream_reply(step: Decoding, params: SamplingOptions, template_stop: tuple[s
         completion += 1
         t_last = now
         progress.completion_tokens, progress.first_token_at, progress.last_token_at = completion, t_first, now
-        delta = stops.push(step.text(token))
+        text = step.text(token)
+        if think.active:
+            think.feed(text)
+        delta = stops.push(text)
         if delta:
             yield delta
         if stops.stopped:
@@ -72,4 +77,5 @@ def stream_reply(step: Decoding, params: SamplingOptions, template_stop: tuple[s
     tail = stops.push(step.flush()) + stops.flush()
     if tail:
         yield tail
-    return reply_stats(progress.started, prompt_tokens, n_ctx, reason, completion, t_first, t_last, cached)
+    return reply_stats(progress.started, prompt_tokens, n_ctx, reason, completion, t_first, t_last, cached,
+                       think.tokens)

@@ -28,6 +28,8 @@ class ChatMessage:
     # Regenerated replies keep the earlier ones: every version in order, ``content`` = alternatives[shown].
     alternatives: tuple[str, ...] = ()
     shown: int = 0
+    # While a reply streams: its <think> block's tokens so far (the final count is stats.reasoning_tokens).
+    reasoning_tokens: Optional[int] = None
 
 
 History = tuple[ChatMessage, ...]
@@ -125,9 +127,10 @@ def edit_user_message(history: History, index: Any, text: Any) -> History:
 
 
 def with_reply(history: History, text: str, stats: Optional[GenerationStats] = None,
-               error: Optional[str] = None, notice: Optional[str] = None) -> History:
+               error: Optional[str] = None, notice: Optional[str] = None,
+               reasoning_tokens: Optional[int] = None) -> History:
     """``history`` with its trailing assistant reply set (appended if the last message is a user's)."""
-    reply = ChatMessage("assistant", text, stats, error, notice)
+    reply = ChatMessage("assistant", text, stats, error, notice, reasoning_tokens=reasoning_tokens)
     if history and history[-1].role == "assistant":
         previous = history[-1]
         if previous.alternatives:  # a regenerated reply: its slot among the versions follows it
@@ -150,10 +153,31 @@ def split_reasoning(text: str) -> tuple[str, str, bool]:
     return match.group(1).strip(), text[match.end():], bool(match.group(2))
 
 
-def _reasoning_block(reasoning: str, finished: bool) -> str:
-    words = len(reasoning.split())
-    summary = f"{'Reasoning' if finished else 'Thinking…'} · {words} word{'' if words == 1 else 's'}"
+def _reasoning_block(reasoning: str, finished: bool, tokens: Optional[int]) -> str:
+    """The collapsed block, headed by its size in the model's tokens (counted as they were generated);
+    in words only for a reply whose count is unknown (saved before counts were kept)."""
+    size, unit = (tokens, "token") if tokens else (len(reasoning.split()), "word")
+    summary = f"{'Reasoning' if finished else 'Thinking…'} · {size} {unit}{'' if size == 1 else 's'}"
     return f"<details><summary>{summary}</summary>\n\n{reasoning}\n\n</details>\n\n"
+
+
+def reasoning_tokens(msg: ChatMessage) -> Optional[int]:
+    """The size of a reply's <think> block in tokens: the backend's count once the reply has ended,
+    the live one while it streams; None when unknown."""
+    if msg.stats is not None and msg.stats.reasoning_tokens:
+        return msg.stats.reasoning_tokens
+    return msg.reasoning_tokens
+
+
+def live_reasoning_tokens(text: str, completion_tokens: int, previous: Optional[int]) -> Optional[int]:
+    """While a reply streams: every token so far belongs to its still open <think> block; once the block
+    has closed the count stays as it was (the backend's exact count comes with the reply's stats)."""
+    head = text.lstrip()
+    if not head.startswith("<think>"):
+        return None
+    if "</think>" in head:
+        return previous if previous is not None else completion_tokens
+    return completion_tokens
 
 
 def model_messages(history: History, system_prompt: str = "") -> list[dict]:
@@ -198,7 +222,7 @@ def to_display(history: History) -> list[dict]:
         if msg.role == "assistant":
             reasoning, answer, finished = split_reasoning(text)
             if reasoning or not finished:  # collapsed, so the answer is what shows
-                text = _reasoning_block(reasoning, finished) + answer
+                text = _reasoning_block(reasoning, finished, reasoning_tokens(msg)) + answer
             footer = []
             if len(msg.alternatives) > 1:
                 footer.append(f"Reply {msg.shown + 1} of {len(msg.alternatives)}")

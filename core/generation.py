@@ -19,6 +19,7 @@ class GenerationStats:
     n_ctx: int
     finish_reason: FinishReason
     cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0  # the reply's leading <think>…</think> block, in tokens (ReasoningCounter)
 
     @property
     def context_used(self) -> int:
@@ -124,3 +125,39 @@ class StopMatcher:
     def flush(self) -> str:
         out, self._pending = ("" if self.stopped else self._pending), ""
         return out
+
+
+class ReasoningCounter:
+    """Counts the tokens of a reply's leading ``<think>…</think>`` block (reasoning models) as its tokens
+    come, one ``feed`` per token: the block is the reply's first tokens, up to the one that completes
+    ``</think>``. ``active`` turns false once the count is final (or the reply has no such block), so a
+    loop checks one attribute per token and feeds nothing more."""
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self) -> None:
+        self.active = True
+        self.tokens = 0      # the block's tokens so far (0 when the reply has no block)
+        self._seen = 0       # the reply's tokens fed so far
+        self._text = ""      # the reply's text so far (undecided) or the last characters (inside)
+        self._inside = False
+
+    def feed(self, text: str) -> None:
+        self._seen += 1
+        if not self._inside:
+            self._text += text
+            head = self._text.lstrip()
+            if head.startswith(self.OPEN):
+                self._inside, self._text = True, head[len(self.OPEN):]
+            elif not self.OPEN.startswith(head):
+                self.active = False  # the reply does not open with a block
+                return
+            else:
+                return
+        else:
+            self._text += text
+        self.tokens = self._seen
+        if self.CLOSE in self._text:
+            self.active = False
+        else:
+            self._text = self._text[-len(self.CLOSE):]

@@ -16,7 +16,7 @@ from backends.base import BackendError, LoadSpec
 from backends.turns import BusyError
 from core.chat_history import (History, HistoryError, add_user_message, check_system_prompt, content_text,
                                edit_user_message, export_chat, flip_reply, for_continue, for_regenerate,
-                               import_chat, model_messages,
+                               import_chat, live_reasoning_tokens, model_messages,
                                to_display, with_reply)
 from core.model_catalog import UnknownModelError
 from core.options import LoadOptions, SamplingOptions, TransformersLoadOptions
@@ -56,6 +56,7 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
     ``prefix``: the reply being continued (``history`` then ends with it)."""
     cancel = ctx.cancels.start(session)
     text = prefix
+    thinking = None  # the reply's <think> block's tokens so far (core.chat_history.live_reasoning_tokens)
     final = None  # the last item: yielded after the session is free, so a Send right after it is taken
     try:
         with ctx.manager.queue_turn() as turn:  # BusyError when the line is full
@@ -74,12 +75,13 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
                     now = time.monotonic()
                     if now - last >= _MIN_UPDATE_INTERVAL_S:
                         last = now
-                        yield with_reply(history, text)
+                        thinking = live_reasoning_tokens(text, stream.progress.completion_tokens, thinking)
+                        yield with_reply(history, text, reasoning_tokens=thinking)
             finally:
                 stream.close()
-        final = with_reply(history, text, stats=stream.stats)
+        final = with_reply(history, text, stats=stream.stats, reasoning_tokens=thinking)
     except BackendError as exc:
-        final = with_reply(history, text, error=str(exc))
+        final = with_reply(history, text, error=str(exc), reasoning_tokens=thinking)
     finally:
         # Reached on normal end, on error, and when Gradio closes the generator because the
         # client went away: the worker's generation stops either way.
