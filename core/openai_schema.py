@@ -178,7 +178,10 @@ def new_id(prefix: str) -> str:
 def usage(stats: Optional[GenerationStats]) -> dict:
     prompt = stats.prompt_tokens if stats else 0
     completion = stats.completion_tokens if stats else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if stats and stats.reasoning_tokens:  # a leading <think> block, as OpenAI reports reasoning
+        out["completion_tokens_details"] = {"reasoning_tokens": stats.reasoning_tokens}
+    return out
 
 
 def chat_response(request_id: str, model: str, text: str, stats: Optional[GenerationStats],

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -62,6 +63,8 @@ def test_response_shapes():
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"] == {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+    thought = chat_response("id1", "m", "<think>x</think>hi", dataclasses.replace(STATS, reasoning_tokens=4))
+    assert thought["usage"]["completion_tokens_details"] == {"reasoning_tokens": 4}
     chunk = chat_chunk("id1", "m", {"content": "he"})
     assert chunk["object"] == "chat.completion.chunk" and chunk["choices"][0]["delta"] == {"content": "he"}
     assert chat_chunk("id1", "m", {}, usage_data={"total_tokens": 1})["choices"] == []
