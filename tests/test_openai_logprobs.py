@@ -11,20 +11,11 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import start_app
-
 pytestmark = pytest.mark.real_model
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "seed": 1, "extra_body": {"repeat_penalty": 1.0}}
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    running = start_app(["--ctx", "1024"], tmp_path_factory.mktemp("api-logprobs"))
-    running.wait_model_ready()
-    yield running
-    running.stop()
+APP_ARGS = ("--ctx", "1024")  # the conftest's module-scoped app
 
 
 @pytest.fixture(scope="module")
