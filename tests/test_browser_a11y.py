@@ -83,9 +83,8 @@ def test_keyboard_only_send_esc_stop_new_chat_and_focus(browser, app):
     page.context.close()
 
 
-def test_copy_copies_the_reply_without_its_stats(browser, app):
-    page = open_page(browser, app)
-    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+def reply_and_copy(page):
+    """A short reply in a new chat, then a click on its Copy button; the reply's bubble."""
     set_max_tokens(page, 8)
     page.click("#new-chat")
     wait_for(lambda: page.locator('#chatbot [data-testid="user"]').count() == 0, 5, "an empty chat")
@@ -95,9 +94,20 @@ def test_copy_copies_the_reply_without_its_stats(browser, app):
     bot = page.locator('#chatbot [data-testid="bot"]').last
     bot.hover()
     page.locator('#chatbot button[aria-label="Copy message"], #chatbot button[title="Copy message"]').last.click()
-    copied = page.evaluate("navigator.clipboard.readText()")
+    return bot
+
+
+def assert_copied_without_stats(copied: str, bot) -> None:
     assert copied.strip() and "<sub>" not in copied and "tok/s" not in copied, copied
     assert copied.strip() in bot.inner_text()
+
+
+def test_copy_copies_the_reply_without_its_stats(browser, app):
+    page = open_page(browser, app)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    bot = reply_and_copy(page)
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert_copied_without_stats(copied, bot)
     page.context.close()
 
 
@@ -121,18 +131,9 @@ def test_copy_without_a_clipboard_api_leaves_out_the_stats_too(browser, app):
     page.goto(app.url)
     page.wait_for_selector("#message textarea")
     assert page.evaluate("'clipboard' in navigator") is False
-    set_max_tokens(page, 8)
-    page.click("#new-chat")
-    wait_for(lambda: page.locator('#chatbot [data-testid="user"]').count() == 0, 5, "an empty chat")
-    page.fill("#message textarea", "Say hello.")
-    page.click("#send")
-    wait_for(lambda: "tok/s" in stats_line(page), 60, "the reply")
-    bot = page.locator('#chatbot [data-testid="bot"]').last
-    bot.hover()
-    page.locator('#chatbot button[aria-label="Copy message"], #chatbot button[title="Copy message"]').last.click()
+    bot = reply_and_copy(page)
     copied = wait_for(lambda: page.evaluate("window.__copied"), 5, "a copy")[-1]
-    assert copied.strip() and "<sub>" not in copied and "tok/s" not in copied, copied
-    assert copied.strip() in bot.inner_text()
+    assert_copied_without_stats(copied, bot)
     context.close()
 
 
