@@ -275,6 +275,11 @@ def main() -> int:
     report["replies_at_once"] = {str(n): replies_at_once(a.model, prompts[:n], a.tokens, opts)
                                  for n in (1, a.clients)}
     save()
+    if a.threads > 2:  # with every layer on the GPU the CPU thread pool only spins: fewer threads, more for Python
+        log(f"{a.clients} replies through the manager and worker with 2 llama.cpp threads")
+        report["replies_at_once_2_threads"] = replies_at_once(a.model, prompts, a.tokens,
+                                                              opts.model_copy(update={"n_threads": 2}))
+        save()
     if a.bin:
         log("llama-batched-bench")
         report["llama_batched_bench"] = batched_bench(a.bin, a.model, a.prompt_tokens, a.tokens, opts)
