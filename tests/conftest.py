@@ -88,15 +88,19 @@ class RunningApp:
         self.url = f"http://127.0.0.1:{port}/"
         # Read the app's output as it comes: a full pipe would block the server on its next print.
         self._output: deque[str] = deque(maxlen=5000)
+        self.lines_seen = 0
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 
     def _drain(self) -> None:
         for line in iter(self.proc.stdout.readline, ""):
             self._output.append(line)
+            self.lines_seen += 1
 
-    def output(self) -> str:
-        return "".join(self._output)
+    def output(self, since: int = 0) -> str:
+        """What the app printed, or only what came after ``since`` (an earlier ``lines_seen``)."""
+        lines = list(self._output)
+        return "".join(lines[max(0, len(lines) - (self.lines_seen - since)):] if since else lines)
 
     def client(self):
         from gradio_client import Client
@@ -180,6 +184,65 @@ def server(embedded_model):
     srv = LlamaServer(embedded_model).start()
     yield srv
     srv.stop()
+
+
+HARDENING_SECRET = "fitchat-secret-7f3a"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct Q4_1 (embedded)"
+
+
+@pytest.fixture(scope="session")
+def hardening_app(tmp_path_factory, embedded_model):
+    """One app on loopback that the hardening tests' HTTP abuse runs against, so that
+    test_memory_bound.py (run last) can compare its memory with its start (issue 13). It has what each
+    of those tests needs: secrets where an attacker would look (its data folder, a Hugging Face token
+    under HOME, a file posing as a model) and a symlink in its library to a model outside it."""
+    from tests.http_abuse import ordinary_visit, rss_mib
+
+    data_dir = tmp_path_factory.mktemp("hardening-data")
+    home = tmp_path_factory.mktemp("home")
+    (home / ".cache" / "huggingface").mkdir(parents=True)
+    (home / ".cache" / "huggingface" / "token").write_text(HARDENING_SECRET)
+    (data_dir / "calibration.json").write_text('{"secret": "%s"}' % HARDENING_SECRET)
+    (data_dir / "models").mkdir()
+    (data_dir / "models" / "secret-model.gguf").write_text(HARDENING_SECRET)
+    outside = tmp_path_factory.mktemp("outside") / "outside.gguf"
+    outside.write_bytes(embedded_model.read_bytes())
+    (data_dir / "models" / "outside-link.gguf").symlink_to(outside)
+    app = start_app(["--ctx", "2048"], data_dir, env={"HOME": str(home)})
+    app.secrets = {"token": home / ".cache" / "huggingface" / "token", "data": data_dir / "calibration.json",
+                   "model": data_dir / "models" / "secret-model.gguf"}
+    app.outside = outside
+    app.used_by = []
+    try:
+        app.wait_model_ready()
+        ordinary_visit(app)  # warm-up: what a first visit costs is not a leak; abuse is not warm-up
+        app.rss_start_mib = rss_mib(app.proc.pid)
+    except BaseException:
+        app.stop()
+        raise
+    yield app
+    app.stop()
+
+
+def use_hardening_app(app: RunningApp, module: str, n_ctx: int = 2048) -> RunningApp:
+    """The shared hardening app for one test module, its embedded model ready with ``n_ctx`` (an
+    earlier module may have unloaded it, killed its worker or loaded it with another context)."""
+    app.used_by.append(module.rsplit(".", 1)[-1])
+    client = app.client()
+    deadline = time.monotonic() + 60
+    while client.predict(api_name="/model_status")["status"] == "loading" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    status = client.predict(api_name="/model_status")
+    if status["status"] != "ready" or status["model"] != EMBEDDED_NAME or status["n_ctx"] != n_ctx:
+        answer = client.predict(EMBEDDED_NAME, n_ctx, None, "f16", True, None, 512, api_name="/load_model")
+        assert answer.startswith("**Ready**"), answer
+    return app
+
+
+def pytest_collection_modifyitems(config, items):
+    """test_memory_bound.py runs after every other test: it checks the shared hardening app's memory
+    after all of them."""
+    items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "").endswith("test_memory_bound"))
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,16 @@ import httpx
 import pytest
 
 from core.chat_history import MAX_MESSAGE_CHARS
+from tests.conftest import use_hardening_app
 
 pytestmark = pytest.mark.real_model
-APP_ARGS = ("--ctx", "4096")  # the conftest app's command line
 COUNTING = "Count from 1 to 5000, separated by commas: 1, 2, 3, 4, 5, 6,"
+
+
+@pytest.fixture(scope="module")
+def app(hardening_app):
+    """The shared hardening app (its memory is checked after the suite: test_memory_bound.py)."""
+    return use_hardening_app(hardening_app, __name__, n_ctx=4096)
 
 
 def _rss_mib(pid: int) -> float:
@@ -52,11 +58,13 @@ def test_a_whole_reply_stops_when_its_client_hangs_up(app):
 ], ids=["nul", "too-long", "assistant-last", "over-context", "deep-json"])
 def test_bad_requests_are_json_400s_with_a_reason(app, body, reason):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    mark = app.lines_seen  # the app is shared: only what this request printed counts
     r = httpx.post(app.url + "v1/chat/completions", content=raw, timeout=120,
                    headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.headers["content-type"].startswith("application/json"), r.text[:300]
     assert reason in r.json()["error"]["message"]
-    assert "Traceback" not in app.output()
+    time.sleep(0.2)  # what the request logged has been read from the app's output
+    assert "Traceback" not in app.output(since=mark)
 
 
 def test_a_declared_huge_body_is_refused_before_it_is_read(app):

@@ -15,30 +15,19 @@ import pytest
 from gradio_client import Client
 
 from cli.origin_guard import same_origin
-from tests.conftest import start_app
+from tests.conftest import HARDENING_SECRET, start_app, use_hardening_app
 
 pytestmark = pytest.mark.real_model
-SECRET = "fitchat-secret-7f3a"
+SECRET = HARDENING_SECRET
 PASSWORD = "correct-horse-battery"
 API_KEY = "hardening-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def app(hardening_app):
     """The app on loopback, with secrets where an attacker would look: its data folder, a Hugging Face
-    token under HOME, and a config file in the folder it was started from."""
-    data_dir = tmp_path_factory.mktemp("hardening-data")
-    home = tmp_path_factory.mktemp("home")
-    (home / ".cache" / "huggingface").mkdir(parents=True)
-    (home / ".cache" / "huggingface" / "token").write_text(SECRET)
-    (data_dir / "calibration.json").write_text(json.dumps({"secret": SECRET}))
-    (data_dir / "models").mkdir()
-    (data_dir / "models" / "secret-model.gguf").write_text(SECRET)
-    running = start_app(["--ctx", "2048"], data_dir, env={"HOME": str(home)})
-    running.secrets = {"token": home / ".cache" / "huggingface" / "token", "data": data_dir / "calibration.json",
-                       "model": data_dir / "models" / "secret-model.gguf"}
-    yield running
-    running.stop()
+    token under HOME, and a file posing as a model (the shared hardening app, tests/conftest.py)."""
+    return use_hardening_app(hardening_app, __name__)
 
 
 def probes(path) -> list[str]:

@@ -24,7 +24,7 @@ from core.openai_schema import ApiRequestError, ChatCompletionRequest, parse_req
 from core.options import LoadOptions, SamplingOptions
 from services.hardware import probe
 from backends.load_planning import LoadPlanner
-from tests.conftest import ROOT, start_app
+from tests.conftest import ROOT, use_hardening_app
 from ui import chat_handlers as h
 
 pytestmark = pytest.mark.real_model
@@ -45,18 +45,10 @@ def last_reply(display: list[dict]) -> str:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, embedded_model):
-    """The app with a sentinel model outside its library and a symlink to it inside."""
-    data_dir = tmp_path_factory.mktemp("runtime-data")
-    outside = tmp_path_factory.mktemp("outside") / "outside.gguf"
-    outside.write_bytes(embedded_model.read_bytes())
-    (data_dir / "models").mkdir()
-    (data_dir / "models" / "outside-link.gguf").symlink_to(outside)
-    running = start_app(["--ctx", "2048"], data_dir)
-    running.outside = outside
-    running.wait_model_ready()
-    yield running
-    running.stop()
+def app(hardening_app):
+    """The shared hardening app (tests/conftest.py): a sentinel model outside its library and a
+    symlink to it inside."""
+    return use_hardening_app(hardening_app, __name__)
 
 
 @pytest.fixture(scope="module")
