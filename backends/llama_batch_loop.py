@@ -8,8 +8,9 @@ its slot before the next step. With one slot this is the lean single-reply loop:
 decode, one sample, a cached piece of text.
 
 Replies hand text to their consumer through a queue: ``str`` deltas, then ``GenerationStats`` at the
-end, or an exception; a reply that asked for log-probabilities also gets lists of ``TokenLogprob``,
-each just before the delta that carries those tokens' text (``backends.llama_logprobs``).
+end, or an exception; a reply that asked for log-probabilities also gets lists of (logits row copy,
+token), each just before the delta that carries those tokens' text, for ``logprob_entries``
+(``backends.llama_logprobs``).
 """
 from __future__ import annotations
 
@@ -333,15 +334,28 @@ class BatchLoop:
         else:
             reply.pending = token
 
-    def _logprob(self, reply: Reply, token: int):
-        """From the raw logits of the reply's row, still in place: nothing decodes before the next step."""
-        return token_logprob(self._lc.llama_get_logits_ith(self._ctx, reply.idx), reply.sampler.n_vocab, token,
-                             reply.top_logprobs, self._piece)
+    def _logprob(self, reply: Reply, token: int) -> tuple:
+        """A copy of the reply's raw logits row (in place until the next decode) and the token: the
+        log-softmax is left to the reply's consumer (``logprob_entries``), so the other replies in the
+        batch wait for a copy of n_vocab floats, not for the arithmetic."""
+        import numpy as np
 
-    def _piece(self, token: int) -> bytes:
+        row = self._lc.llama_get_logits_ith(self._ctx, reply.idx)
+        return np.ctypeslib.as_array(row, shape=(reply.sampler.n_vocab,)).copy(), token
+
+    def logprob_entries(self, raw: list[tuple], top_n: int) -> list:
+        """``TokenLogprob`` entries from ``_logprob``'s copies; runs in the reply's consumer thread."""
+        return [token_logprob(row, len(row), token, top_n, self.piece) for row, token in raw]
+
+    def piece(self, token: int) -> bytes:
+        """A token's text for any thread (the decode thread's ``_piece`` reuses one buffer)."""
+        piece = self._pieces.get(token)
+        return piece if piece is not None else self._piece(token, ctypes.create_string_buffer(256))
+
+    def _piece(self, token: int, buf=None) -> bytes:
         piece = self._pieces.get(token)
         if piece is None:
-            lc, buf = self._lc, self._piece_buf
+            lc, buf = self._lc, buf or self._piece_buf
             n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)

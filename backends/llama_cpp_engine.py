@@ -300,8 +300,8 @@ class LlamaCppEngine:
                 item = reply.out.get()
                 if isinstance(item, str):
                     yield item
-                elif isinstance(item, list):
-                    entries.add(item)
+                elif isinstance(item, list):  # the log-softmax runs here, not in the decode thread
+                    entries.add(loop.logprob_entries(item, logprobs))
                 elif isinstance(item, GenerationStats):
                     return item
                 else:

@@ -2,7 +2,8 @@
 
 They are a log-softmax over the whole vocabulary of the raw logits of the reply's own output row,
 before any sampler step (penalties, grammar, temperature), which is what OpenAI and llama.cpp's
-server report. Only replies that ask for them pay for them: one pass over n_vocab floats a token.
+server report. Only replies that ask for them pay for them: the decode thread copies the row (n_vocab
+floats), and the reply's consumer thread computes the log-softmax and the top tokens from the copy.
 
 ``LogprobText`` keeps the entries in step with the text the reply sends: an entry goes out with the
 delta that carries its token's text, so text held back (an incomplete character, a possible stop
