@@ -174,7 +174,8 @@ class TokenLogprobs:
 
 
 def check_logprobs(logprobs: Optional[int]) -> None:
-    if logprobs is not None and not (isinstance(logprobs, int) and 0 <= logprobs <= MAX_TOP_LOGPROBS):
+    if logprobs is not None and not (isinstance(logprobs, int) and not isinstance(logprobs, bool)
+                                     and 0 <= logprobs <= MAX_TOP_LOGPROBS):
         raise UnsupportedRequestError(f"logprobs must be a number of top tokens from 0 to {MAX_TOP_LOGPROBS}.")
 
 

@@ -75,7 +75,7 @@ def test_a_stop_string_cuts_the_entries_with_the_text(engine):
     assert joined(entries).startswith(text)  # with the token the stop string began in, if it began mid-token
 
 
-@pytest.mark.parametrize("bad", [-1, 21, 2.5])
+@pytest.mark.parametrize("bad", [-1, 21, 2.5, True])
 def test_bad_counts_are_refused(engine, bad):
     with pytest.raises(UnsupportedRequestError, match="from 0 to 20"):
         engine.stream_chat("Hi", GREEDY, threading.Event(), logprobs=bad)
