@@ -100,3 +100,16 @@ def test_a_streamed_request_over_the_context_is_a_json_400(app, path, body):
         text = r.read().decode()
         assert r.status_code == 400 and r.headers["content-type"].startswith("application/json"), text[:300]
     assert "context holds" in json.loads(text)["error"]["message"]
+
+
+@pytest.mark.parametrize("api, data", [("reveal_model", ["../../etc/passwd"]), ("load_library_model", ["nope.gguf"])])
+def test_a_name_not_in_a_list_is_refused_in_one_line_without_a_traceback(app, api, data):
+    """Gradio prints a whole traceback for every value a dropdown does not list: a client posting
+    such names could fill the log (ui/quiet_dropdown.py)."""
+    from gradio_client import Client
+
+    mark = app.lines_seen
+    with pytest.raises(Exception, match="not in the list of choices"):
+        Client(app.url, verbose=False).predict(*data, api_name=f"/{api}")
+    time.sleep(0.3)
+    assert "Traceback" not in app.output(since=mark)

@@ -11,6 +11,7 @@ from ui.access import require_admin, username
 from ui.context import AppContext
 from ui.load_feedback import wire_load
 from ui.option_widgets import build_widgets, check_on_enter, widget_values
+from ui.quiet_dropdown import Dropdown
 from ui.status import format_status, status_dict
 
 GENERATION = "generation"  # the reply events' concurrency group
@@ -56,7 +57,7 @@ def build(ctx: AppContext):
                 with gr.Row(equal_height=True):
                     # allow_custom_value: the catalog (rescanned on every load) is the allow-list,
                     # so files added after start-up can be loaded; unknown names are refused there.
-                    model_choice = gr.Dropdown(
+                    model_choice = Dropdown(
                         choices=catalog.names, label="Model on disk", elem_id="model-choice", scale=5,
                         allow_custom_value=True,
                         value=(current.display_name if current and current.display_name in catalog.names
@@ -159,7 +160,7 @@ def build(ctx: AppContext):
 
     def on_rescan(selected):
         names = ctx.catalog().names
-        return gr.Dropdown(choices=names, value=selected if selected in names else (names[0] if names else None))
+        return Dropdown(choices=names, value=selected if selected in names else (names[0] if names else None))
 
     def on_status():
         return format_status(ctx.manager.state())

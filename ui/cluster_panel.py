@@ -14,6 +14,7 @@ from core.hf_model_shape import ConfigError
 from core.presets import REPO_ID
 from services.cluster_models import ClusterInputError, cluster_names, load_cluster, read_hub_config
 from ui.option_widgets import build_widgets, options_from_values
+from ui.quiet_dropdown import Dropdown
 
 OPTION_FIELDS = tuple(ClusterPlanOptions.model_fields)
 
@@ -39,7 +40,7 @@ def build(hub: Any, repo: gr.Dropdown) -> None:
                 "vLLM (tensor x pipeline parallel) on a cluster profile from `profiles/clusters/`, and with "
                 "llama-server on one of its nodes. Only its config.json is read.")
     with gr.Row(equal_height=True):
-        cluster = gr.Dropdown(cluster_names(), value=None, label="Cluster profile", elem_id="cluster-profile", scale=3)
+        cluster = Dropdown(cluster_names(), value=None, label="Cluster profile", elem_id="cluster-profile", scale=3)
         plan_btn = gr.Button("Plan on cluster", elem_id="cluster-plan-btn", scale=1)
     with gr.Accordion("Plan options", open=False, elem_id="cluster-options"):
         with gr.Row():

@@ -18,6 +18,7 @@ from services.library import DeleteError, delete_model, library_items, plan_loca
 from ui.access import require_admin
 from ui.context import AppContext
 from ui.models_view import library_table
+from ui.quiet_dropdown import Dropdown
 from ui.status import format_status
 
 
@@ -47,7 +48,7 @@ def refresh(ctx: AppContext, select_path: Optional[str] = None) -> tuple[str, An
     value = chosen.name if chosen else (names[0] if names else None)
     from ui.quality_handlers import labels_by_path
 
-    return library_table(items, labels_by_path(ctx)), gr.Dropdown(choices=names, value=value)
+    return library_table(items, labels_by_path(ctx)), Dropdown(choices=names, value=value)
 
 
 def _machine(ctx: AppContext):

@@ -20,6 +20,7 @@ from services.remote_fit import gguf_rows, transformers_fit
 from ui import library_handlers
 from ui.context import AppContext
 from ui.models_view import fit_table, progress_html, search_table
+from ui.quiet_dropdown import Dropdown
 
 FORMATS = {"GGUF (llama.cpp)": "gguf", "safetensors (transformers)": "safetensors"}
 POLL_S = 0.5
@@ -67,7 +68,7 @@ def search(svc: ModelsServices, query: Any, fmt_label: Any) -> tuple[str, Any]:
     except HubError as exc:
         raise gr.Error(str(exc)) from None
     repos = [r.repo for r in results]
-    return search_table(results), gr.Dropdown(choices=repos, value=repos[0] if repos else None)
+    return search_table(results), Dropdown(choices=repos, value=repos[0] if repos else None)
 
 
 def _summary(view: RepoView, notes: list[str]) -> str:
@@ -85,7 +86,7 @@ def _summary(view: RepoView, notes: list[str]) -> str:
 def _outputs(view: RepoView, notes: list[str], pending: int = 0, quality: Optional[dict] = None):
     choices = [(f"{r.label} ({format_bytes(r.size)})", r.key) for r in view.rows if r.key in view.files]
     value = view.best if view.best in view.files else (choices[0][1] if choices else None)
-    return (fit_table(view.rows, view.best, pending, quality), gr.Dropdown(choices=choices, value=value),
+    return (fit_table(view.rows, view.best, pending, quality), Dropdown(choices=choices, value=value),
             _summary(view, notes), view)
 
 

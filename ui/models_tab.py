@@ -14,6 +14,7 @@ from ui import cluster_panel, quality_panel, remote_panel
 from ui.access import require_admin
 from ui.context import AppContext
 from ui.load_feedback import wire_load
+from ui.quiet_dropdown import Dropdown
 
 TAB_ID = "models"
 
@@ -33,12 +34,12 @@ def build(ctx: AppContext, services: Optional[h.ModelsServices] = None) -> Calla
         search_btn = gr.Button("Search", variant="primary", elem_id="models-search", scale=1)
     results = gr.HTML(elem_id="models-results")
     with gr.Row(equal_height=True):
-        repo = gr.Dropdown(label="Repository (owner/name)", allow_custom_value=True, elem_id="models-repo", scale=5)
+        repo = Dropdown(label="Repository (owner/name)", allow_custom_value=True, elem_id="models-repo", scale=5)
         open_btn = gr.Button("Open", elem_id="models-open", scale=1)
     summary = gr.Markdown(elem_id="models-summary")
     fit = gr.HTML(elem_id="models-fit")
     with gr.Row(equal_height=True):
-        choice = gr.Dropdown(label="File to download (★ fits best)", elem_id="models-choice", scale=5)
+        choice = Dropdown(label="File to download (★ fits best)", elem_id="models-choice", scale=5)
         download_btn = gr.Button("Download", variant="primary", elem_id="models-download", scale=1)
         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="models-cancel", scale=1)
     progress = gr.HTML(elem_id="models-progress")
@@ -50,7 +51,7 @@ def build(ctx: AppContext, services: Optional[h.ModelsServices] = None) -> Calla
                 "planned for this machine. Works offline.")
     library = gr.HTML("<p>Select this tab to list the library.</p>", elem_id="models-library")
     with gr.Row(equal_height=True):
-        lib_choice = gr.Dropdown(label="Model", elem_id="library-choice", scale=4)
+        lib_choice = Dropdown(label="Model", elem_id="library-choice", scale=4)
         load_btn = gr.Button("Load", variant="primary", elem_id="library-load", scale=1)
         reveal_btn = gr.Button("Show path", elem_id="library-reveal", scale=1)
         delete_btn = gr.Button("Delete…", variant="stop", elem_id="library-delete", scale=1)

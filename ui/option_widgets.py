@@ -12,6 +12,7 @@ import gradio as gr
 from pydantic import BaseModel, ValidationError
 
 from core.options import describe_validation_error, field_specs, parse_number_list
+from ui.quiet_dropdown import Dropdown
 
 
 def _literal_choices(annotation: Any) -> list[str] | None:
@@ -39,7 +40,7 @@ def build_widgets(model: type[BaseModel], values: BaseModel | None = None,
         if annotation is bool:
             widget = gr.Checkbox(value=bool(default), **common)
         elif choices:
-            widget = gr.Dropdown(choices=choices, value=default, **common)
+            widget = Dropdown(choices=choices, value=default, **common)
         elif name == "stop":
             widget = gr.Textbox(value="\n".join(default or ()), lines=2, placeholder="one per line", **common)
         elif annotation is str:

@@ -21,6 +21,7 @@ from services.paths import project_root
 from services.presets_loader import load_presets
 from ui.context import AppContext
 from ui.option_widgets import widget_values
+from ui.quiet_dropdown import Dropdown
 from ui.status import format_status
 
 THIS_MACHINE = "This machine"
@@ -159,7 +160,7 @@ def refresh(ctx: AppContext, machine_label: Any, goal_label: Any) -> tuple[str, 
     choices = [(e.preset.name, e.key) for e in entries]
     from ui.quality_handlers import labels_by_path
 
-    return hardware_summary(hw), render_table(entries, labels_by_path(ctx)), problems, gr.Dropdown(choices=choices,
+    return hardware_summary(hw), render_table(entries, labels_by_path(ctx)), problems, Dropdown(choices=choices,
                                                                               value=choices[0][1] if choices else None)
 
 

@@ -8,6 +8,7 @@ from ui import presets_handlers as h
 from ui.access import require_admin
 from ui.context import AppContext
 from ui.load_feedback import wire_load
+from ui.quiet_dropdown import Dropdown
 
 
 def build(ctx: AppContext) -> None:
@@ -15,14 +16,14 @@ def build(ctx: AppContext) -> None:
                 "they are on disk, else from the preset's description. Pick another machine to ask *what if*.")
     machine_labels = h.machine_labels(ctx)
     with gr.Row():
-        machine = gr.Dropdown(machine_labels, value=machine_labels[0] if machine_labels else None,
+        machine = Dropdown(machine_labels, value=machine_labels[0] if machine_labels else None,
                               label="Machine", elem_id="presets-machine", scale=3)
         goal = gr.Radio(list(h.GOALS), value="Fastest", label="Goal", elem_id="presets-goal", scale=2)
         refresh_btn = gr.Button("Refresh", elem_id="presets-refresh", size="sm", scale=1)
     hardware = gr.Markdown(elem_id="presets-hardware")
     # Load above the table: its result shows by the button, not below a long table.
     with gr.Row():
-        choice = gr.Dropdown(label="Preset to load (on this machine)", elem_id="presets-choice", scale=4)
+        choice = Dropdown(label="Preset to load (on this machine)", elem_id="presets-choice", scale=4)
         load_btn = gr.Button("Load", variant="primary", elem_id="presets-load", scale=1)
     load_line = gr.Markdown(elem_id="presets-load-feedback")
     status = gr.Markdown(elem_id="presets-status")

@@ -18,6 +18,7 @@ from core.quality import QualityOptions, describe, quant_label
 from services.quality import QualityJob, QualityStore, quality_labels
 from ui.access import require_admin
 from ui.context import AppContext
+from ui.quiet_dropdown import Dropdown
 
 NO_REFERENCE = "(no reference)"
 POLL_S = 0.5
@@ -37,7 +38,7 @@ def labels_by_file_name(ctx: AppContext) -> dict[str, str]:
 
 
 def reference_choices(ctx: AppContext) -> Any:
-    return gr.Dropdown(choices=[NO_REFERENCE, *ctx.catalog().names], value=NO_REFERENCE)
+    return Dropdown(choices=[NO_REFERENCE, *ctx.catalog().names], value=NO_REFERENCE)
 
 
 def _reference_spec(ctx: AppContext, name: Any) -> Optional[LoadSpec]:

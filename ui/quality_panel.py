@@ -7,6 +7,7 @@ import gradio as gr
 
 from ui import quality_handlers as qh
 from ui.context import AppContext
+from ui.quiet_dropdown import Dropdown
 
 
 def build(ctx: AppContext) -> Callable[[gr.Blocks, dict], None]:
@@ -17,7 +18,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks, dict], None]:
                 "same text.")
     job = gr.State(None, delete_callback=qh.stop_job)
     with gr.Row(equal_height=True):
-        reference = gr.Dropdown(label="Reference (optional)", elem_id="quality-ref", scale=4)
+        reference = Dropdown(label="Reference (optional)", elem_id="quality-ref", scale=4)
         windows = gr.Number(label="Windows (empty = all)", precision=0, minimum=1, maximum=10000,
                             elem_id="quality-windows", scale=2)
         run_btn = gr.Button("Measure quality", variant="primary", elem_id="quality-run", scale=1)

@@ -16,6 +16,7 @@ from core.options import RemoteLoadOptions
 from core.remote import RemoteConfigError, RemoteEndpoint, validate_name
 from ui.access import require_admin
 from ui.context import AppContext
+from ui.quiet_dropdown import Dropdown
 from ui.status import format_status
 
 MAX_MODEL_ID = 200
@@ -49,9 +50,9 @@ def table(ctx: AppContext) -> tuple[str, Any]:
     try:
         endpoints = _store(ctx).list()
     except RemoteConfigError as exc:
-        return f"<p>{html.escape(str(exc))}</p>", gr.Dropdown(choices=[], value=None)
+        return f"<p>{html.escape(str(exc))}</p>", Dropdown(choices=[], value=None)
     if not endpoints:
-        return "<p>No remote engines yet.</p>", gr.Dropdown(choices=[], value=None)
+        return "<p>No remote engines yet.</p>", Dropdown(choices=[], value=None)
     loaded = _loaded_endpoint(ctx)
     rows = "".join(
         f"<tr><td>{html.escape(e['name'])}</td><td><code>{html.escape(e['base_url'])}</code></td>"
@@ -60,7 +61,7 @@ def table(ctx: AppContext) -> tuple[str, Any]:
     head = "<tr><th>Name</th><th>Address</th><th>API key</th><th></th></tr>"
     names = [e["name"] for e in endpoints]
     return (f'<table class="fc-presets" id="remote-table-body"><thead>{head}</thead><tbody>{rows}</tbody></table>',
-            gr.Dropdown(choices=names, value=names[-1]))
+            Dropdown(choices=names, value=names[-1]))
 
 
 def add(ctx: AppContext, request: Any, name: Any, url: Any, key: Any) -> tuple[str, str, Any, str]:
@@ -71,7 +72,7 @@ def add(ctx: AppContext, request: Any, name: Any, url: Any, key: Any) -> tuple[s
     except RemoteConfigError as exc:
         raise gr.Error(str(exc)) from None
     body, _ = table(ctx)
-    picker = gr.Dropdown(choices=_store(ctx).names(), value=endpoint.name)
+    picker = Dropdown(choices=_store(ctx).names(), value=endpoint.name)
     return (f"Added **{html.escape(endpoint.name)}** ({html.escape(endpoint.base_url)}). Press **List models**.",
             body, picker, "")
 
@@ -87,9 +88,9 @@ def list_models(ctx: AppContext, request: Any, name: Any) -> tuple[str, Any]:
     finally:
         backend.close()
     if not models:
-        return f"{html.escape(endpoint.name)} serves no models.", gr.Dropdown(choices=[], value=None)
+        return f"{html.escape(endpoint.name)} serves no models.", Dropdown(choices=[], value=None)
     return (f"{html.escape(endpoint.name)} serves {len(models)} model(s).",
-            gr.Dropdown(choices=list(models), value=models[0]))
+            Dropdown(choices=list(models), value=models[0]))
 
 
 TIMEOUT_FIELD = RemoteLoadOptions.model_fields["timeout_s"]

@@ -8,6 +8,7 @@ import gradio as gr
 from ui import remote_handlers as rh
 from ui.context import AppContext
 from ui.load_feedback import wire_load
+from ui.quiet_dropdown import Dropdown
 
 
 def build(ctx: AppContext) -> Callable[[gr.Blocks, dict], None]:
@@ -22,9 +23,9 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks, dict], None]:
         key = gr.Textbox(label="API key (optional)", type="password", max_length=512, elem_id="remote-key", scale=3)
         add_btn = gr.Button("Add", variant="primary", elem_id="remote-add", scale=1)
     with gr.Row(equal_height=True):
-        picked = gr.Dropdown(label="Endpoint", elem_id="remote-choice", scale=2)
+        picked = Dropdown(label="Endpoint", elem_id="remote-choice", scale=2)
         list_btn = gr.Button("List models", elem_id="remote-list", scale=1)
-        model = gr.Dropdown(label="Remote model", elem_id="remote-model", scale=3)
+        model = Dropdown(label="Remote model", elem_id="remote-model", scale=3)
         timeout = gr.Number(value=rh.TIMEOUT_FIELD.default, minimum=rh.TIMEOUT_RANGE[0], maximum=rh.TIMEOUT_RANGE[1],
                             step=1, label=rh.TIMEOUT_FIELD.title, info=rh.TIMEOUT_FIELD.description,
                             elem_id="remote-timeout", scale=2)
