@@ -26,6 +26,23 @@ def screen(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"model-panel-{name}.png"))
 
 
+def type_into(page, name: str, value: str) -> None:
+    """Type ``value`` into a Model panel field and see it stay: the page's opening event fills the panel
+    with the loaded model's values, and under load it can arrive after the first keystrokes."""
+    def typed() -> bool:
+        field(page, name).fill(value)
+        time.sleep(0.5)
+        return field(page, name).input_value() == value
+    wait_for(typed, 15, f"{value!r} to stay in {name}", seen=lambda: field(page, name).input_value())
+
+
+def settled_status(page) -> str:
+    """The model status line once no event is updating it (Gradio then shows its timer, "0.1s", in
+    the element's text)."""
+    return wait_for(lambda: (text := page.inner_text("#model-status")).startswith(("Ready", "Load failed")) and text,
+                    10, "the status line to settle", seen=lambda: page.inner_text("#model-status"))
+
+
 def close_toasts(page) -> None:
     page.evaluate("document.querySelectorAll('[data-testid=\"toast-close\"]').forEach(b => b.click())")
     wait_for(lambda: not toasts(page), 5, "the toasts to close")
@@ -36,7 +53,7 @@ def test_a_typed_context_stays_what_was_typed_and_is_checked_with_its_label(brow
     page = open_page(browser, app, *size)
     page.click("#model-accordion")
     box = field(page, "n_ctx")
-    box.fill("10")
+    type_into(page, "n_ctx", "10")
     box.press("Enter")
     wait_for(lambda: "must be at least 128" in toasts(page), 10, "the check of the typed value",
              seen=lambda: toasts(page))
@@ -51,32 +68,32 @@ def test_a_typed_context_stays_what_was_typed_and_is_checked_with_its_label(brow
 def test_load_says_what_it_refuses_and_the_panel_shows_what_is_loaded_after_a_reload(browser, app):
     page = open_page(browser, app)
     page.click("#model-accordion")
-    before = page.inner_text("#model-status")
+    before = settled_status(page)
     # a refused value: said with its label, nothing reloaded
-    field(page, "n_ctx").fill("10")
+    type_into(page, "n_ctx", "10")
     page.click("#load")
     wait_for(lambda: "Context (tokens) must be at least 128" in toasts(page), 10, "the refusal",
              seen=lambda: toasts(page))
     time.sleep(1)
-    assert page.inner_text("#model-status") == before
+    assert settled_status(page) == before
     close_toasts(page)
     # more threads than cores: refused, naming the label
-    field(page, "n_ctx").fill("1024")
-    field(page, "n_threads").fill("64")
+    type_into(page, "n_ctx", "1024")
+    type_into(page, "n_threads", "64")
     page.click("#load")
     wait_for(lambda: "CPU threads" in toasts(page) and "CPU core" in toasts(page), 10, "the threads refusal",
              seen=lambda: toasts(page))
     close_toasts(page)
     # above the trained context (SmolLM2-135M: 8192): refused with why, the loaded model stays
-    field(page, "n_threads").fill("auto")
-    field(page, "n_ctx").fill("16384")
+    type_into(page, "n_threads", "auto")
+    type_into(page, "n_ctx", "16384")
     page.click("#load")
     wait_for(lambda: "more than the model was trained for (8192)" in page.inner_text("#model-status"), 90,
              "the refusal of a context above the trained one", seen=lambda: page.inner_text("#model-status"))
     assert "Load failed" in page.inner_text("#model-status") and "context 2,048" in page.inner_text("#model-status")
     shot(page, "model-panel-context-above-trained")
     # a real load, then a page reload: the panel shows what is loaded, not the start-up defaults (--ctx 2048)
-    field(page, "n_ctx").fill("1024")
+    type_into(page, "n_ctx", "1024")
     page.click("#load")
     wait_for(lambda: "context 1,024" in page.inner_text("#model-status"), 90, "the load with context 1024",
              seen=lambda: page.inner_text("#model-status"))
@@ -111,7 +128,7 @@ def test_load_feedback_shows_at_once_next_to_each_load_button(browser, app, size
     page = open_page(browser, app, *size)
     # the chat's Model panel: its line and the status line at the top both say it
     page.click("#model-accordion")
-    field(page, "n_ctx").fill("2048")
+    type_into(page, "n_ctx", "2048")
     page.click("#load")
     wait_for(lambda: "→ loading" in page.inner_text("#load-feedback"), AT_ONCE_S, "the loading state at once",
              seen=lambda: page.inner_text("#load-feedback"))
