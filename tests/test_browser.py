@@ -119,8 +119,15 @@ def _reply_and_stats(page) -> tuple[str, str]:
 
 
 def test_continue_extends_a_reply_cut_by_the_token_limit(page):
+    # A new chat and greedy decoding: after the chat before it, a sampled reply was once "Count 13."
+    # (5 tokens, ended by the model, not by the limit).
+    page.click("#new-chat")
+    wait_for(lambda: page.locator('#chatbot [data-testid="user"]').count() == 0, 10, "a new, empty chat",
+             seen=lambda: (page.locator('#chatbot [data-testid="user"]').count(), page.locator("#new-chat").count(),
+                           bot_text(page)[:200]))
     if not page.locator("#sampling-max_tokens input").first.is_visible():
         page.click("#sampling-accordion")
+    page.fill("#sampling-temperature input", "0")
     page.fill("#sampling-max_tokens input", "8")
     page.fill("#message textarea", "Count from one to thirty in words, separated by commas.")
     users = page.locator('#chatbot [data-testid="user"]').count()

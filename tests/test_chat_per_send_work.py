@@ -132,3 +132,22 @@ def test_each_update_reaches_the_page_as_it_comes(tmp_path):
     assert history is made[-1] and current is not None
     assert ctx.conversations.load(USER, current[0]).history[-1].content == "ab"
     ctx.manager.close()
+
+
+def test_nothing_follows_the_update_with_the_stats(tmp_path):
+    """The reply's last update (its stats) is written before it goes out and nothing comes after it:
+    an update sent after the one the user saw last undid a New chat pressed in between."""
+    from core.chat_history import add_user_message, with_reply
+    from core.generation import GenerationStats
+
+    ctx = AppContext(AppSettings(data_dir=tmp_path), ModelManager(), lambda: None,
+                     conversations=ConversationStore(tmp_path / FILE_NAME))
+    asked = add_user_message((), "hi")
+    stats = GenerationStats(prompt_tokens=3, completion_tokens=2, ttft_s=0.05, decode_tokens_per_s=20.0, total_s=0.1,
+                            n_ctx=512, finish_reason="stop")
+    final = with_reply(asked, "ab", stats=stats)
+    shown = list(ch.persist(ctx, USER, None, "", iter([([], asked), ([], with_reply(asked, "a")), ([], final)])))
+    assert [history for _, history, _ in shown] == [asked, with_reply(asked, "a"), final]
+    current = shown[-1][2]
+    assert ctx.conversations.load(USER, current[0]).history == final and current[1] == 2
+    ctx.manager.close()

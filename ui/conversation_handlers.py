@@ -58,13 +58,20 @@ def save(ctx: AppContext, user: Optional[str], current: Any, history: Any, syste
     return saved.id, saved.revision
 
 
+def _ends_the_reply(history: Any) -> bool:
+    """The reply's last update: it carries the reply's stats or its error."""
+    last = history[-1] if history else None
+    return last is not None and last.role == "assistant" and (last.stats is not None or bool(last.error))
+
+
 def persist(ctx: AppContext, user: Optional[str], current: Any, system_prompt: Any,
             updates: Iterator[tuple]) -> Iterator[tuple]:
     """Pass ``(display, history)`` updates through as ``(display, history, current)`` the moment
-    they come (a held-back update would delay every token, the first one too), writing the
-    conversation when the message is taken and when the reply ends. The last update is sent once
-    more after it is written, so the tab holds the revision on disk. A reply whose page went away
-    is still written (its partial text kept)."""
+    they come (holding one back delayed every token, the first one too), writing the conversation
+    when the message is taken and before the reply's last update (stats or error) goes out, so the
+    tab holds the revision on disk and nothing follows what the user saw last (a New chat pressed
+    then stays new). A stream that ends otherwise is written and its last update sent once more. A
+    reply whose page went away is still written (its partial text kept)."""
     cur = _current(current)
     last = None
     written = True
@@ -72,7 +79,7 @@ def persist(ctx: AppContext, user: Optional[str], current: Any, system_prompt: A
         for update in updates:
             first = last is None
             last, written = update, False
-            if first:
+            if first or _ends_the_reply(update[1]):
                 cur = save(ctx, user, cur, update[1], system_prompt)
                 written = True
             yield (*update, cur)
