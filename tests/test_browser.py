@@ -67,7 +67,13 @@ def test_chat_stop_and_regenerate_in_a_real_browser(page):
 
     # Reload through the Model panel with a chosen context, as a user would.
     page.click("#model-accordion")
-    page.fill("#load-n_ctx input, #load-n_ctx textarea", "1024")
+    box = page.locator("#load-n_ctx input, #load-n_ctx textarea").first
+
+    def typed() -> bool:  # the page's opening event fills the panel too; what was typed must stay
+        box.fill("1024")
+        time.sleep(0.3)
+        return box.input_value() == "1024"
+    wait_for(typed, 15, "1024 to stay in the Context box", seen=box.input_value)
     page.keyboard.press("Enter")
     page.click("#load")
     wait_for(lambda: "context 1,024" in page.inner_text("#model-status"), 60, "the reload with context 1024")

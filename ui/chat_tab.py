@@ -237,6 +237,8 @@ def build(ctx: AppContext):
     def wire(app, tabs):
         app.load(on_restore, None, [chatbot, history, conv, system_prompt, panel.title],
                  api_name="restore_chat").then(**refresh)
+        # Outside the queue: the panel shows what is loaded before the user can type into it (a queued
+        # event could arrive after the first keystrokes and replace them).
         app.load(on_model_panel, None, [model_choice, *[load_widgets[n] for n in h.LOAD_FIELDS]],
-                 api_visibility="private")
+                 api_visibility="private", queue=False)
     return wire
