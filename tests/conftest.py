@@ -1,6 +1,7 @@
 """Shared fixtures: the embedded model, GGUFs made by the tests, a running app."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -58,6 +59,28 @@ def bad_models(tmp_path_factory, embedded_model) -> dict[str, Path]:
     files["missing_tensor"] = copy_gguf(embedded_model, root / "missing-tensor.gguf",
                                         drop_tensors=["blk.3.attn_q.weight"])
     return files
+
+
+def ask(text: str) -> list[dict]:
+    """One user turn, as the engines take a chat."""
+    return [{"role": "user", "content": text}]
+
+
+@contextlib.contextmanager
+def batched_engine(model: Path, parallel: int):
+    """FitChat's llama.cpp engine in this process with ``parallel`` slots of 512 tokens each."""
+    from backends.base import LoadSpec
+    from backends.llama_cpp_engine import LlamaCppEngine
+    from core.options import LoadOptions
+
+    engine = LlamaCppEngine()
+    engine._log._echo = None
+    info = engine.load(LoadSpec(str(model), LoadOptions(n_ctx=512, n_threads=2, parallel=parallel)))
+    assert info.n_parallel == parallel and info.n_ctx == 512
+    try:
+        yield engine
+    finally:
+        engine.unload()
 
 
 def free_port() -> int:

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from backends.base import LoadSpec
-from backends.llama_cpp_engine import LlamaCppEngine
 from backends.manager import ModelManager
 from core.options import LoadOptions, SamplingOptions
+from tests.conftest import ask, batched_engine
 
 pytestmark = pytest.mark.real_model
 
@@ -23,18 +23,10 @@ PROMPTS = ["Name three colours.", "What is the capital of France?", "Write a hai
 GREEDY = SamplingOptions(temperature=0.0, max_tokens=16, seed=1)
 
 
-def ask(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
 @pytest.fixture(scope="module")
 def engine(embedded_model):
-    engine = LlamaCppEngine()
-    engine._log._echo = None
-    info = engine.load(LoadSpec(str(embedded_model), LoadOptions(n_ctx=512, n_threads=2, parallel=4)))
-    assert info.n_parallel == 4 and info.n_ctx == 512
-    yield engine
-    engine.unload()
+    with batched_engine(embedded_model, 4) as engine:
+        yield engine
 
 
 def run_all(engine, prompts, params=GREEDY) -> list:

@@ -8,28 +8,20 @@ import threading
 
 import pytest
 
-from backends.base import LoadSpec, UnsupportedRequestError
-from backends.llama_cpp_engine import LlamaCppEngine
+from backends.base import TokenLogprob, UnsupportedRequestError
 from backends.llama_logprobs import LogprobText
-from backends.base import TokenLogprob
-from core.options import LoadOptions, SamplingOptions
+from core.options import SamplingOptions
+from tests.conftest import ask, batched_engine
 
 pytestmark = pytest.mark.real_model
 GREEDY = SamplingOptions(temperature=0.0, max_tokens=10, seed=1, repeat_penalty=1.0)
 PROMPTS = ["Name three colours.", "What is the capital of France?", "Count from one to ten."]
 
 
-def ask(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
 @pytest.fixture(scope="module")
 def engine(embedded_model):
-    engine = LlamaCppEngine()
-    engine._log._echo = None
-    engine.load(LoadSpec(str(embedded_model), LoadOptions(n_ctx=512, n_threads=2, parallel=3)))
-    yield engine
-    engine.unload()
+    with batched_engine(embedded_model, 3) as engine:
+        yield engine
 
 
 def joined(entries) -> str:
