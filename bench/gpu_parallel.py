@@ -126,6 +126,12 @@ def batched_bench(bin_dir: str, model: str, prompt_tokens: int, tokens: int, opt
             **({} if rows else {"error": (out.stdout + out.stderr)[-1500:]})}
 
 
+def _applied(info) -> dict:
+    """What a load ran with (a planner choice must not hide a difference between two paths)."""
+    return {k: getattr(info, k, None) for k in ("n_ctx", "kv_type", "flash_attn", "n_parallel", "n_gpu_layers",
+                                                "n_threads")}
+
+
 def _span_throughput(rows: list[dict]) -> Optional[float]:
     ok = [r for r in rows if "tokens" in r]
     span = max(r["end"] for r in ok) - max(r["first"] for r in ok) if ok else 0
@@ -171,8 +177,7 @@ def engine_replies_at_once(model: str, prompts: list[str], tokens: int, opts: Lo
 
     try:
         once()  # warm-up
-        return {"info": {k: getattr(info, k, None) for k in ("n_ctx", "kv_type", "flash_attn", "n_parallel",
-                                                           "n_gpu_layers")}, **once()}
+        return {"info": _applied(info), **once()}
     finally:
         engine.unload()
 
@@ -222,8 +227,7 @@ def replies_at_once(model: str, prompts: list[str], tokens: int, opts: LoadOptio
 
     try:
         once()  # warm-up
-        return {"info": {k: getattr(loaded, k, None) for k in ("n_ctx", "kv_type", "flash_attn", "n_parallel",
-                                                             "n_gpu_layers")}, **once()}
+        return {"info": _applied(loaded), **once()}
     finally:
         manager.close()
 
