@@ -182,9 +182,14 @@ def test_two_browsers_of_one_user_both_chat_both_reload_nothing_lost(browser, ap
     wait_for(lambda: len(titles(a)) >= 2, 10, "both conversations in the list", seen=lambda: titles(a))
     shot(a, "two-browsers-a")
     everything = []
-    for i in range(len(titles(a))):
+    title_box = a.locator("#conversation-title input, #conversation-title textarea").first
+    for i, title in enumerate(titles(a)):
         a.locator("#conversations label").nth(i).click()
-        time.sleep(1.0)
+        # that conversation is open (its title in the box) before its text is read: under load a fixed
+        # wait read the one before
+        wait_for(lambda: title_box.input_value().strip() == title, 20, f"conversation {title!r} to open",
+                 seen=title_box.input_value)
+        time.sleep(0.3)
         everything.append(a.locator("#chatbot").inner_text())
     joined = "\n".join(everything)
     for said in ("alpha from browser A", "beta from browser B", "gamma from browser A"):
