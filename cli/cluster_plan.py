@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 from cli.args import OneLineParser, UsageError, add_option_flags, options_from_args
 from core.cluster_options import ClusterPlanOptions
-from core.cluster_report import plan_with_options, render
+from core.cluster_report import plan_deployment, render
 from core.hf_model_shape import ConfigError
 
 
@@ -38,7 +38,7 @@ def run(argv: list[str]) -> int:
     try:
         cluster = load_cluster(args.cluster)
         config, name = read_config(args.model)
-        dep = plan_with_options(config, name, cluster, opts)
+        dep = plan_deployment(config, name, cluster, opts)
     except (ClusterInputError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
     if args.json:

@@ -4,13 +4,11 @@ kind both show it: the vLLM layouts (TP x PP) with the chosen one and its ``vllm
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import Optional
 
-from core.cluster_plan import (DEFAULT_UTILIZATION, GIB, ClusterProfile, KvDtype, LlamaServerPlan, VllmPlan,
-                               WeightDtype, model_from_config, plan_llama_server, plan_vllm)
-
-if TYPE_CHECKING:
-    from core.cluster_options import ClusterPlanOptions
+from core.cluster_options import ClusterPlanOptions
+from core.cluster_plan import (GIB, ClusterProfile, LlamaServerPlan, VllmPlan, model_from_config, plan_llama_server,
+                               plan_vllm)
 
 
 @dataclass(frozen=True)
@@ -25,21 +23,15 @@ class Deployment:
         return self.vllm.chosen is not None or self.llama_server.fits
 
 
-def plan_deployment(config: dict, name: str, cluster: ClusterProfile, max_model_len: Optional[int] = None,
-                    weights: WeightDtype = "bf16", kv_dtype: KvDtype = "auto",
-                    utilization: float = DEFAULT_UTILIZATION,
-                    goal: Literal["fewest_gpus", "most_users"] = "fewest_gpus", gguf_quant: str = "Q4_K_M",
-                    slot_ctx: int = 8192) -> Deployment:
-    """ConfigError when config.json does not describe a model the planner knows."""
-    model = model_from_config(config, name, weights)
-    plan = plan_vllm(model, cluster, max_model_len, utilization, kv_dtype, goal, repo=name)
-    return Deployment(name, cluster, plan, plan_llama_server(model, cluster, gguf_quant, slot_ctx))
-
-
-def plan_with_options(config: dict, name: str, cluster: ClusterProfile, opts: "ClusterPlanOptions") -> Deployment:
-    """``plan_deployment`` with the options as the CLI and the Models tab take them."""
-    return plan_deployment(config, name, cluster, opts.max_model_len, opts.weights, opts.kv_dtype,
-                           opts.gpu_memory_utilization, opts.goal, opts.gguf_quant, opts.slot_ctx)
+def plan_deployment(config: dict, name: str, cluster: ClusterProfile,
+                    opts: Optional[ClusterPlanOptions] = None) -> Deployment:
+    """The deployment for ``opts`` (None: the defaults), as the CLI and the Models tab take them.
+    ConfigError when config.json does not describe a model the planner knows."""
+    opts = opts or ClusterPlanOptions()
+    model = model_from_config(config, name, opts.weights)
+    plan = plan_vllm(model, cluster, opts.max_model_len, opts.gpu_memory_utilization, opts.kv_dtype, opts.goal,
+                     repo=name)
+    return Deployment(name, cluster, plan, plan_llama_server(model, cluster, opts.gguf_quant, opts.slot_ctx))
 
 
 def render(dep: Deployment) -> str:

@@ -96,7 +96,7 @@ class ConversationStore:
             try:
                 return self._open()
             except sqlite3.OperationalError as exc:
-                if _is_damage(exc) or getattr(exc, "sqlite_errorname", "") not in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+                if getattr(exc, "sqlite_errorname", "") not in ("SQLITE_BUSY", "SQLITE_LOCKED"):
                     raise
                 if time.monotonic() >= deadline:
                     raise ConversationFileBusy(

@@ -226,7 +226,7 @@ def _cluster_options(**changes) -> list:
 
 def test_cluster_machine_kind_plans_a_hub_model_as_the_cli_does(svc, fake_hub):
     from core.cluster_options import ClusterPlanOptions
-    from core.cluster_report import plan_deployment, plan_with_options, render
+    from core.cluster_report import plan_deployment, render
     from services.cluster_models import load_cluster, read_hub_config
     from ui import cluster_panel
 
@@ -242,7 +242,7 @@ def test_cluster_machine_kind_plans_a_hub_model_as_the_cli_does(svc, fake_hub):
                   gguf_quant="Q8_0", slot_ctx=2048)
     shown = cluster_panel.plan(svc.hub, "h100-1x8", SAFETENSORS,
                                *_cluster_options(**{**chosen, "max_model_len": " 4096 "}))
-    assert shown == render(plan_with_options(config, SAFETENSORS, load_cluster("h100-1x8"), ClusterPlanOptions(**chosen)))
+    assert shown == render(plan_deployment(config, SAFETENSORS, load_cluster("h100-1x8"), ClusterPlanOptions(**chosen)))
     assert shown != text and "--max-model-len 4096" in shown and "--kv-cache-dtype fp8" in shown
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from core.cluster_options import ClusterPlanOptions
-from core.cluster_report import plan_with_options, render
+from core.cluster_report import plan_deployment, render
 from core.hf_model_shape import ConfigError
 from core.presets import REPO_ID
 from services.cluster_models import ClusterInputError, cluster_names, load_cluster, read_hub_config
@@ -30,7 +30,7 @@ def plan(hub: Any, cluster: Any, repo: Any, *option_values: Any) -> str:
         raise gr.Error("Enter or open a Hub repository (owner/name) of a transformers model above.")
     try:
         config, name = read_hub_config(repo.strip(), hub)
-        return render(plan_with_options(config, name, load_cluster(cluster), opts))
+        return render(plan_deployment(config, name, load_cluster(cluster), opts))
     except (ClusterInputError, ConfigError) as exc:
         raise gr.Error(f"Cannot plan {repo.strip()} on {cluster}: {exc}") from None
 
