@@ -39,6 +39,28 @@ from services.gguf_file import read_header
 DEFAULT_CTX = 4096
 
 
+# llama.cpp keeps only the raw pointer of its log callback, process-wide. One callback lives for the
+# process (a capture's own closure died with it and left llama.cpp calling freed memory: a later
+# log line in the same process was a segmentation fault); it forwards to the capture now installed.
+_log_target = None
+_log_callback = None
+
+
+def _forward_log(level: int, text: bytes, user_data) -> None:
+    target = _log_target
+    if target is not None:
+        target.feed(level, text.decode("utf-8", errors="replace"))
+
+
+def llama_cpp_log_route() -> None:
+    global _log_callback
+    import llama_cpp
+
+    if _log_callback is None:
+        _log_callback = llama_cpp.llama_log_callback(_forward_log)
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
 class LlamaLogCapture:
     """Receives llama.cpp's log; keeps buffer-size lines and a tail of warnings and errors."""
 
@@ -49,17 +71,18 @@ class LlamaLogCapture:
         self.overridden: list[tuple[str, str]] = []  # (tensor, buffer type): expert offload
         self.errors: deque[str] = deque(maxlen=50)
         self._echo = echo
-        self._callback = None
 
     def install(self) -> None:
-        import llama_cpp
+        """Route llama.cpp's log to this capture (until another capture installs itself)."""
+        global _log_target
+        _log_target = self
+        llama_cpp_log_route()
 
-        @llama_cpp.llama_log_callback
-        def _on_log(level: int, text: bytes, user_data) -> None:
-            self.feed(level, text.decode("utf-8", errors="replace"))
+    def uninstall(self) -> None:
+        global _log_target
+        if _log_target is self:
+            _log_target = None
 
-        self._callback = _on_log  # keep a reference: llama.cpp holds only the raw pointer
-        llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
 
     def reset(self) -> None:
         with self._lock:
@@ -101,7 +124,6 @@ class LlamaCppEngine:
         self._add_bos = False
         self._n_vocab = 0
         self._log = LlamaLogCapture()
-        self._log_installed = False
 
     @property
     def info(self) -> Optional[ModelInfo]:
@@ -136,9 +158,7 @@ class LlamaCppEngine:
         if not LlamaCppEngine._backend_initialized:
             lc.llama_backend_init()
             LlamaCppEngine._backend_initialized = True
-        if not self._log_installed:
-            self._log.install()
-            self._log_installed = True
+        self._log.install()
         self._log.reset()
         offload = bool(lc.llama_supports_gpu_offload())
         n_gpu_layers = opts.n_gpu_layers if opts.n_gpu_layers is not None else (-1 if offload else 0)
@@ -215,6 +235,7 @@ class LlamaCppEngine:
             lc.llama_model_free(self._model)
         self._loop = self._ctx = self._model = self._vocab = None
         self._params_keep = None  # after the model is freed
+        self._log.uninstall()
         self._info = None
         self._template = None
 
