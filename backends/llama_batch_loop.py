@@ -54,7 +54,7 @@ class Reply:
 
     def __init__(self, tokens: list[int], params: SamplingOptions, stops: tuple[str, ...],
                  cancel: threading.Event, progress: GenerationProgress, sampler: SamplerChain,
-                 logprobs: Optional[int] = None) -> None:
+                 logprobs: Optional[int] = None, think: Optional[ReasoningCounter] = None) -> None:
         self.tokens, self.params, self.cancel, self.progress, self.sampler = tokens, params, cancel, progress, sampler
         self.top_logprobs = logprobs  # None: not asked for
         self.logprobs = LogprobText() if logprobs is not None else None
@@ -68,7 +68,7 @@ class Reply:
         self.chunk: list[int] = []  # tokens this step evaluates for the reply
         self.text = Utf8Assembler()
         self.stops = StopMatcher(tuple(params.stop) + stops)
-        self.think = ReasoningCounter()  # fed only until it knows the reply's <think> block (if any)
+        self.think = think or ReasoningCounter()  # fed only until it knows the reply's <think> block (if any)
         self.completion = 0
         self.t_first: Optional[float] = None
         self.t_last: Optional[float] = None

@@ -29,7 +29,7 @@ from core.chat_template import TemplateRenderError, TemplateSource, choose_templ
 # Templates render in a child process under RLIMIT_AS and a wall-clock kill (issue 13).
 from services.template_process import check_template, render_chat_template
 from backends.prompt_pieces import tokenize_chat
-from core.generation import GenerationProgress, GenerationStats
+from core.generation import GenerationProgress, GenerationStats, ReasoningCounter
 from core.gguf_header import GGUFError
 from core.llama_log import expert_layers_in_ram, is_error_line, parse_buffer_line, parse_override_line
 from core.options import SamplingOptions
@@ -314,7 +314,8 @@ class LlamaCppEngine:
         progress.prompt_tokens = len(tokens)
         check_prompt_fits(len(tokens), progress.n_ctx)
         sampler = SamplerChain(params, self._n_vocab, self._vocab)  # a bad grammar is refused here
-        reply = Reply(tokens, params, self._template.stop, cancel, progress, sampler, logprobs)
+        reply = Reply(tokens, params, self._template.stop, cancel, progress, sampler, logprobs,
+                      ReasoningCounter.for_reply_to(messages))
         loop.submit(reply)
         try:
             while True:

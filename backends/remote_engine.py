@@ -248,7 +248,7 @@ class RemoteBackend:
                                        name="remote-stop")
             watcher.start()
             matcher = StopMatcher(params.stop)
-            think = ReasoningCounter()  # a chunk counts as a token here, as ``counted`` does
+            think = ReasoningCounter.for_reply_to(messages)  # a chunk counts as a token here, as ``counted`` does
             counted, server_prompt, server_completion, reason = 0, None, None, None
             try:
                 for line in response.iter_lines():

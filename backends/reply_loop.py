@@ -43,9 +43,10 @@ def reply_stats(started: float, prompt_tokens: int, n_ctx: int, reason: str, com
 
 def stream_reply(step: Decoding, params: SamplingOptions, template_stop: tuple[str, ...], cancel: threading.Event,
                  progress: GenerationProgress, prompt_tokens: int, n_ctx: int,
-                 cached: int = 0) -> Generator[str, None, GenerationStats]:
+                 cached: int = 0, think: Optional[ReasoningCounter] = None) -> Generator[str, None, GenerationStats]:
+    """``think``: the reply's ``ReasoningCounter.for_reply_to`` (a fresh one when not given)."""
     stops = StopMatcher(tuple(params.stop) + template_stop)
-    think = ReasoningCounter()
+    think = think or ReasoningCounter()
     completion, t_first, t_last, reason = 0, None, None, "stop"
     while True:
         if cancel.is_set():

@@ -27,7 +27,7 @@ from core.chat_template import TemplateRenderError, TemplateSource, choose_templ
 from services.template_process import check_template, render_chat_template
 from backends.prompt_pieces import tokenize_chat
 from core.detokenize import IncrementalDetokenizer
-from core.generation import GenerationProgress, GenerationStats
+from core.generation import GenerationProgress, GenerationStats, ReasoningCounter
 from core.hf_memory import MIB
 from core.options import SamplingOptions, TransformersLoadOptions
 from services.cpu import physical_cores
@@ -267,4 +267,5 @@ class TransformersEngine:
         step = Decoding(sample=lambda: sampler(state["logits"], recent), is_end=self._eos_ids.__contains__,
                         text=text.push, flush=text.flush, advance=advance,
                         context_full=lambda: state["pos"] + 1 >= n_ctx)
-        return (yield from stream_reply(step, params, self._template.stop, cancel, progress, len(tokens), n_ctx))
+        return (yield from stream_reply(step, params, self._template.stop, cancel, progress, len(tokens), n_ctx,
+                                       think=ReasoningCounter.for_reply_to(messages)))

@@ -169,30 +169,36 @@ def reasoning_tokens(msg: ChatMessage) -> Optional[int]:
     return msg.reasoning_tokens
 
 
-def live_reasoning_tokens(text: str, completion_tokens: int, previous: Optional[int]) -> Optional[int]:
+def live_reasoning_tokens(text: str, completion_tokens: int, previous: Optional[int], before: int = 0) -> Optional[int]:
     """While a reply streams: every token so far belongs to its still open <think> block; once the block
-    has closed the count stays as it was (the backend's exact count comes with the reply's stats)."""
+    has closed the count stays as it was (the backend's exact count comes with the reply's stats).
+    ``before``: the block's tokens in the reply being continued (a Continue's prompt already holds them,
+    so the backend counts none of them)."""
     head = text.lstrip()
     if not head.startswith("<think>"):
         return None
     if "</think>" in head:
-        return previous if previous is not None else completion_tokens
-    return completion_tokens
+        return previous if previous is not None else before + completion_tokens
+    return before + completion_tokens
 
 
-def model_messages(history: History, system_prompt: str = "") -> list[dict]:
+def model_messages(history: History, system_prompt: str = "", continuing: bool = False) -> list[dict]:
     """The conversation as the model sees it: an optional system message, then the turns.
 
     Empty assistant replies (failed before any text) are left out, and with them the need to
     keep roles alternating is preserved by merging nothing: a user turn without an answer is
     simply followed by the next user turn, which every common template accepts.
+    ``continuing``: the last reply is being continued; a reply cut inside (or right after) its
+    <think> block keeps the block, the only text there is to continue from.
     """
     out: list[dict] = []
     if system_prompt and system_prompt.strip():
         out.append({"role": "system", "content": system_prompt})
-    for msg in history:
+    for i, msg in enumerate(history):
         # A reasoning model's earlier <think> blocks are not sent back (as their chat templates do).
         content = split_reasoning(msg.content)[1] if msg.role == "assistant" else msg.content
+        if continuing and i == len(history) - 1 and msg.role == "assistant" and not content.strip():
+            content = msg.content
         if msg.role == "assistant" and not content.strip():
             continue
         out.append({"role": msg.role, "content": content})

@@ -142,6 +142,21 @@ class ReasoningCounter:
         self._text = ""      # the reply's text so far (undecided) or the last characters (inside)
         self._inside = False
 
+    @classmethod
+    def for_reply_to(cls, messages) -> "ReasoningCounter":
+        """The counter for a reply to ``messages``. A continued reply (a trailing assistant message, the
+        Continue button) counts only the tokens that extend a <think> block the message left open: its
+        earlier tokens are in the prompt, and a block cannot open anywhere but at the reply's start."""
+        counter = cls()
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            head = last.get("content").lstrip() if isinstance(last.get("content"), str) else ""
+            if head.startswith(cls.OPEN) and cls.CLOSE not in head:
+                counter._inside, counter._text = True, head[-len(cls.CLOSE):]
+            else:
+                counter.active = False
+        return counter
+
     def feed(self, text: str) -> None:
         self._seen += 1
         if not self._inside:

@@ -10,7 +10,7 @@ import pytest
 
 from backends.base import LoadSpec
 from backends.manager import ModelManager
-from core.chat_history import add_user_message, live_reasoning_tokens, to_display, with_reply
+from core.chat_history import add_user_message, live_reasoning_tokens, model_messages, to_display, with_reply
 from core.generation import GenerationStats, ReasoningCounter
 from core.options import LoadOptions, SamplingOptions
 from core.settings import AppSettings
@@ -85,3 +85,54 @@ def test_a_think_block_is_counted_in_the_models_tokens(ctx):
     display, history = list(h.send(ctx, "s1", "Hi", (), "", [values[n] for n in h.SAMPLING_FIELDS]))[-1]
     assert history[-1].content == text and history[-1].stats.reasoning_tokens == expected
     assert display[-1]["content"].startswith(f"<details><summary>Reasoning · {expected} tokens</summary>")
+
+
+def test_a_continued_reply_counts_only_what_extends_an_open_block():
+    def counter(content):
+        return ReasoningCounter.for_reply_to([{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": content}])
+
+    open_block = counter("<think>so far")
+    for piece in [" more", "</", "think>", "Answer"]:
+        if open_block.active:
+            open_block.feed(piece)
+    assert open_block.tokens == 3 and not open_block.active
+    assert not counter("<think>done</think>Answer").active  # closed in the prompt: nothing to add
+    assert not counter("Plain answer").active               # a block opens only a reply's start
+    fresh = ReasoningCounter.for_reply_to([{"role": "user", "content": "Hi"}])
+    fresh.feed("<think>")
+    assert fresh.tokens == 1 and fresh.active
+
+
+def test_a_continue_keeps_the_block_it_was_cut_in():
+    cut = with_reply(add_user_message((), "Hi"), "<think>let me see")
+    assert model_messages(cut)[-1]["role"] == "user"  # a later turn: the block is not sent back
+    assert model_messages(cut, continuing=True)[-1] == {"role": "assistant", "content": "<think>let me see"}
+    answered = with_reply(add_user_message((), "Hi"), "<think>hm</think>The answer")
+    assert model_messages(answered, continuing=True)[-1]["content"] == "The answer"
+
+
+@pytest.mark.real_model
+def test_continue_inside_a_think_block_adds_to_its_count(ctx):
+    def values(grammar, max_tokens):
+        params = SamplingOptions(temperature=0.0, max_tokens=max_tokens, seed=1, repeat_penalty=1.0, grammar=grammar)
+        merged = {**SamplingOptions().model_dump(), **params.model_dump(), "stop": ""}
+        return [merged[n] for n in h.SAMPLING_FIELDS], params
+
+    first, _ = values('root ::= "<think>" [a-z ]{30,60} "</think>" [A-Za-z]{1,5}', 6)  # cut inside the block
+    _, cut = list(h.send(ctx, "s2", "Hi", (), "", first))[-1]
+    assert cut[-1].content.startswith("<think>") and "</think>" not in cut[-1].content
+    assert cut[-1].stats.finish_reason == "length" and cut[-1].stats.reasoning_tokens == 6
+
+    rest, params = values('root ::= [a-z ]{2,12} "</think>" [A-Za-z !.]{1,12}', 40)
+    # The continuation alone, token by token: the block ends with the token that completes "</think>".
+    stream = ctx.manager.stream_chat(model_messages(cut, continuing=True), params, threading.Event(), logprobs=0)
+    text = "".join(stream)
+    tokens = [e.token for e in stream.logprobs.take()]
+    own = next(i + 1 for i in range(len(tokens)) if b"</think>" in b"".join(tokens[:i + 1]))
+    assert stream.stats.reasoning_tokens == own
+
+    display, history = list(h.continue_reply(ctx, "s2", cut, "", rest))[-1]
+    assert history[-1].content == cut[-1].content + text
+    assert history[-1].stats.reasoning_tokens == 6 + own
+    assert display[-1]["content"].startswith(f"<details><summary>Reasoning · {6 + own} tokens</summary>")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any, Iterator, Optional, Sequence
 
 import gradio as gr
@@ -16,7 +17,7 @@ from backends.base import BackendError, LoadSpec
 from backends.turns import BusyError
 from core.chat_history import (History, HistoryError, add_user_message, check_system_prompt, content_text,
                                edit_user_message, export_chat, flip_reply, for_continue, for_regenerate,
-                               import_chat, live_reasoning_tokens, model_messages,
+                               import_chat, live_reasoning_tokens, model_messages, reasoning_tokens,
                                to_display, with_reply)
 from core.model_catalog import UnknownModelError
 from core.options import LoadOptions, SamplingOptions, TransformersLoadOptions
@@ -56,7 +57,13 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
     ``prefix``: the reply being continued (``history`` then ends with it)."""
     cancel = ctx.cancels.start(session)
     text = prefix
-    thinking = None  # the reply's <think> block's tokens so far (core.chat_history.live_reasoning_tokens)
+    # The reply's <think> block's tokens so far (core.chat_history.live_reasoning_tokens). A continued
+    # reply adds to the block's own count; a block saved before counts were kept stays in words.
+    continued_block = prefix.lstrip().startswith("<think>")
+    known = reasoning_tokens(history[-1]) if continued_block else None
+    counting = not continued_block or known is not None
+    before = known or 0
+    thinking = known if "</think>" in prefix else None
     final = None  # the last item: yielded after the session is free, so a Send right after it is taken
     try:
         with ctx.manager.queue_turn() as turn:  # BusyError when the line is full
@@ -67,7 +74,8 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
                     raise
                 yield with_reply(history, prefix, notice="Stopped before the reply started.")
                 return
-            stream = ctx.manager.stream_chat(model_messages(history, system_prompt), sampling, cancel, turn=turn)
+            messages = model_messages(history, system_prompt, continuing=bool(prefix))
+            stream = ctx.manager.stream_chat(messages, sampling, cancel, turn=turn)
             try:
                 last = 0.0
                 for delta in stream:
@@ -75,11 +83,16 @@ def stream_reply(ctx: AppContext, session: str, history: History, system_prompt:
                     now = time.monotonic()
                     if now - last >= _MIN_UPDATE_INTERVAL_S:
                         last = now
-                        thinking = live_reasoning_tokens(text, stream.progress.completion_tokens, thinking)
+                        if counting:
+                            thinking = live_reasoning_tokens(text, stream.progress.completion_tokens, thinking,
+                                                             before)
                         yield with_reply(history, text, reasoning_tokens=thinking)
             finally:
                 stream.close()
-        final = with_reply(history, text, stats=stream.stats, reasoning_tokens=thinking)
+        stats = stream.stats
+        if continued_block:  # the backend counted only the continuation's share of the block
+            stats = replace(stats, reasoning_tokens=before + stats.reasoning_tokens if counting else 0)
+        final = with_reply(history, text, stats=stats, reasoning_tokens=thinking)
     except BackendError as exc:
         final = with_reply(history, text, error=str(exc), reasoning_tokens=thinking)
     finally:
