@@ -117,3 +117,27 @@ def test_cluster_machine_kind_shows_the_vllm_plan(page):
     assert f"{SAFETENSORS} on 2 nodes" in shown and "TP" in shown and "tok/s/stream" in shown
     page.locator("#cluster-plan").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "models_cluster_plan.png"), full_page=False)
+
+
+def test_cluster_profile_picked_with_the_keyboard_plans_and_the_options_fit(page):
+    from tests.hub_repos import SAFETENSORS
+
+    box = page.locator("#models-repo input")
+    box.fill(SAFETENSORS)
+    box.press("Enter")
+    profile = page.locator("#cluster-profile input")
+    profile.click()
+    profile.fill("rtx4090")
+    profile.press("ArrowDown")
+    profile.press("Enter")
+    wait_for(lambda: "4 RTX 4090" in text(page, "#cluster-plan") and "vllm serve" in text(page, "#cluster-plan"),
+             20, "the plan for the profile picked with the keyboard",
+             seen=lambda: (profile.input_value(), text(page, "#cluster-plan")[:300]))
+
+    page.locator("#cluster-options button").first.click()
+    panel = page.locator("#cluster-options").bounding_box()
+    for field in ("max_model_len", "gpu_memory_utilization", "goal", "slot_ctx"):
+        widget = page.locator(f"#cluster-{field}")
+        widget.scroll_into_view_if_needed()
+        box = widget.bounding_box()
+        assert box["x"] + box["width"] <= panel["x"] + panel["width"] + 1, field  # not cut off at the right

@@ -17,6 +17,8 @@ from ui.option_widgets import build_widgets, options_from_values
 from ui.quiet_dropdown import Dropdown
 
 OPTION_FIELDS = tuple(ClusterPlanOptions.model_fields)
+LLAMA_SERVER_FIELDS = ("gguf_quant", "slot_ctx")
+VLLM_FIELDS = tuple(n for n in OPTION_FIELDS if n not in LLAMA_SERVER_FIELDS)
 
 
 def plan(hub: Any, cluster: Any, repo: Any, *option_values: Any) -> str:
@@ -43,12 +45,15 @@ def build(hub: Any, repo: gr.Dropdown) -> None:
         cluster = Dropdown(cluster_names(), value=None, label="Cluster profile", elem_id="cluster-profile", scale=3)
         plan_btn = gr.Button("Plan on cluster", elem_id="cluster-plan-btn", scale=1)
     with gr.Accordion("Plan options", open=False, elem_id="cluster-options"):
-        with gr.Row():
-            widgets = build_widgets(ClusterPlanOptions, elem_prefix="cluster-")
+        widgets = {}
+        for group in VLLM_FIELDS, LLAMA_SERVER_FIELDS:  # two rows: seven side by side ran off the page
+            with gr.Row():
+                widgets |= build_widgets(ClusterPlanOptions, only=group, elem_prefix="cluster-")
     out = gr.Code(label="Deployment plan", language=None, interactive=False, elem_id="cluster-plan")
 
     def on_plan(cluster_name, repo_text, *values):
         return plan(hub, cluster_name, repo_text, *values)
 
-    gr.on([plan_btn.click, cluster.select], on_plan, [cluster, repo, *(widgets[n] for n in OPTION_FIELDS)], out,
+    # .change, not .select: a pick with the keyboard fires no select (nothing else sets this dropdown)
+    gr.on([plan_btn.click, cluster.change], on_plan, [cluster, repo, *(widgets[n] for n in OPTION_FIELDS)], out,
           api_name="plan_cluster", concurrency_limit=4, concurrency_id="hub")
