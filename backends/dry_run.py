@@ -17,6 +17,7 @@ import sys
 from core.llama_log import parse_buffer_line
 
 KV_GGML_TYPE = {"f16": 1, "q8_0": 8, "q4_0": 2}
+_on_log = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_log(level, text, user_data):
         lines.append(text.decode("utf-8", errors="replace"))
 
+    global _on_log  # llama.cpp keeps only the raw pointer, also for what it logs at exit
+    _on_log = on_log
     llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
     mp = llama_cpp.llama_model_default_params()
