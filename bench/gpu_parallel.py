@@ -165,13 +165,15 @@ def engine_replies_at_once(model: str, prompts: list[str], tokens: int, opts: Lo
             rows[i] = {"first": end - st.total_s + st.ttft_s, "end": end, "tokens": st.completion_tokens}
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+        t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=600)
+        wall = time.perf_counter() - t0
         times = {k: loop.times[k] - before[k] for k in before}
         steps = max(1, times["steps"])
-        return {"decode_tokens_per_s": _span_throughput(rows), "steps": times["steps"],
+        return {"decode_tokens_per_s": _span_throughput(rows), "steps": times["steps"], "wall_s": wall,
                 "per_step_ms": {k: 1000 * times[k] / steps for k in ("step_s", "decode_s", "sample_s")},
                 "batch_tokens_per_step": times["batch_tokens"] / steps}
 
