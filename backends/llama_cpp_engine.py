@@ -83,7 +83,6 @@ class LlamaLogCapture:
         if _log_target is self:
             _log_target = None
 
-
     def reset(self) -> None:
         with self._lock:
             self.buffers = []

@@ -215,8 +215,7 @@ def build(ctx: AppContext):
 
     gr.api(model_status, api_name="model_status", queue=False)
 
-    # While a model loads in the background (the default model at start) the status line follows it,
-    # then the timer stops.
+    # While a model loads in the background the status line follows it, then the timer stops.
     timer = gr.Timer(1.0)
 
     def on_tick(request: gr.Request):
@@ -225,12 +224,12 @@ def build(ctx: AppContext):
         mine, running = ctx.loads.line(request.session_hash, state)  # this tab's load: its elapsed time
         return (mine if running else format_status(state)), gr.Timer(active=not settled or running)
 
-    def status_text(mine, running):  # this tab's own load: the load line's timer feeds the status line too
-        return mine if running and mine else format_status(ctx.manager.state())
+    def on_started(request: gr.Request):
+        return gr.Timer(active=True)  # the status line follows the load
 
+    load_btn.click(on_started, None, timer, api_visibility="private", queue=False)
     wire_load(ctx, load_btn, model_choice, lambda name: name if isinstance(name, str) and name else None, on_load,
               [model_choice, *[load_widgets[n] for n in h.LOAD_FIELDS]], [status], load_line, also=[status],
-              also_text=status_text,
               api_name="load_model", concurrency_limit=1, concurrency_id="model-admin")
 
     timer.tick(on_tick, None, [status, timer], api_visibility="private", queue=False)

@@ -94,12 +94,10 @@ class LoadRuns:
 
 def wire_load(ctx, button: gr.Button, name_input: gr.components.Component, name_of: Callable[[Any], Optional[str]],
               load_fn: Callable, load_inputs: Sequence, load_outputs: Sequence, line: gr.Markdown,
-              also: Sequence[gr.Markdown] = (), also_text: Optional[Callable[[Optional[str], bool], str]] = None,
-              **load_event: Any):
+              also: Sequence[gr.Markdown] = (), **load_event: Any):
     """``button`` starts: ``line`` (and ``also``, e.g. the chat's status line) says at once what
     loads and what goes away, ticking the seconds; then ``load_fn`` (the API endpoint, as before);
-    then ``line`` says what came of it. ``also_text(text, running)``: what ``also`` shows meanwhile
-    and afterwards (one timer feeds both lines). Returns the load step's event."""
+    then ``line`` says what came of it. Returns the load step's event."""
     from ui.access import username
 
     runs = ctx.loads
@@ -125,12 +123,11 @@ def wire_load(ctx, button: gr.Button, name_input: gr.components.Component, name_
 
     def on_line(request: gr.Request):
         text, running = runs.line(request.session_hash, ctx.manager.state())
-        others = [also_text(text, running) if also_text else gr.skip() for _ in also]
-        return (gr.skip() if text is None else text), *others, gr.Timer(active=running)
+        return (gr.skip() if text is None else text), gr.Timer(active=running)
 
     event = button.click(on_start, name_input, [line, *also, timer], api_visibility="private", concurrency_id="stop",
                          concurrency_limit=None).then(on_load, list(load_inputs), list(load_outputs),
                                                       show_progress="hidden", **load_event)
-    event.then(on_line, None, [line, *also, timer], api_visibility="private", queue=False)
-    timer.tick(on_line, None, [line, *also, timer], api_visibility="private", queue=False)
+    event.then(on_line, None, [line, timer], api_visibility="private", queue=False)
+    timer.tick(on_line, None, [line, timer], api_visibility="private", queue=False)
     return event
